@@ -1,0 +1,285 @@
+/*
+ * lantern.h: the one public header of liblantern, the C core of the lantern
+ * transformer debugger.
+ *
+ * Conventions (they hold for every function below):
+ *   - A function that can fail returns int: 0 (LT_OK) on success, -1 (LT_ERR)
+ *     on failure. The failure's message is then available from
+ *     lt_last_error() (per thread) until the next failing call. Nothing in
+ *     the library calls exit() or abort().
+ *   - Objects are opaque handles with paired constructors and destructors
+ *     (lt_x_open / lt_x_close, lt_x_new / lt_x_free). Destructors accept NULL.
+ *   - Memory that a function hands to the caller (marked "caller frees") is
+ *     released with lt_free().
+ *   - Indices are 0-based everywhere: layers, heads, neurons, positions,
+ *     token ids.
+ *   - Float tensors are fp32, row-major, contiguous; lt_view describes one.
+ *
+ * The declarations between the ffi markers below are read verbatim by the
+ * LuaJIT binding (lua/lantern/ffi.lua), so that region holds only plain C
+ * declarations: no macros, no preprocessor lines.
+ */
+#ifndef LANTERN_H
+#define LANTERN_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ffi-begin */
+
+enum { LT_OK = 0, LT_ERR = -1 };
+
+/* ---------------------------------------------------------------- errors */
+
+/* The message of the most recent failure on this thread ("" if none). The
+ * pointer stays valid until the next failing call on the same thread. */
+const char *lt_last_error(void);
+
+/* ---------------------------------------------------------------- memory */
+
+/* n floats, zeroed, 64-byte aligned; NULL (with an error set) when out of
+ * memory. Caller frees with lt_free. */
+float *lt_alloc(size_t n);
+void lt_free(void *p);
+
+/* A view of a float tensor: data is not owned by the view. */
+typedef struct lt_view {
+    float *data;
+    int ndim;
+    int64_t shape[6];
+} lt_view;
+
+int64_t lt_view_numel(const lt_view *v);
+
+/* ----------------------------------------------------------- safetensors */
+
+enum { LT_DTYPE_F32 = 0, LT_DTYPE_F16 = 1, LT_DTYPE_BF16 = 2, LT_DTYPE_I32 = 3, LT_DTYPE_I64 = 4 };
+
+typedef struct lt_safetensors lt_safetensors;
+
+typedef struct lt_st_tensor {
+    const char *name;      /* owned by the file handle */
+    int dtype;             /* LT_DTYPE_* */
+    int ndim;
+    int64_t shape[8];
+    const void *data;      /* points into the mapping */
+    size_t nbytes;
+} lt_st_tensor;
+
+/* Maps a .safetensors file read-only and validates its header: header length
+ * inside the file, valid JSON, known dtypes, byte length equal to the shape
+ * product times the dtype size, offsets inside the data section and not
+ * overlapping. Errors name the file and the offending tensor. */
+int lt_st_open(const char *path, lt_safetensors **out);
+void lt_st_close(lt_safetensors *st);
+
+/* Number of tensors (the __metadata__ entry is not a tensor). */
+int lt_st_count(const lt_safetensors *st);
+/* Tensor i in file order, 0 <= i < lt_st_count. */
+int lt_st_get(const lt_safetensors *st, int i, lt_st_tensor *out);
+/* Tensor by name; an error naming the tensor and the file when absent. */
+int lt_st_find(const lt_safetensors *st, const char *name, lt_st_tensor *out);
+/* The __metadata__ value for key, or NULL. Owned by the handle. */
+const char *lt_st_metadata(const lt_safetensors *st, const char *key);
+/* Copies tensor t into dst as fp32 (F16/BF16 converted, I32/I64 cast);
+ * n must equal the tensor's element count. */
+int lt_st_to_f32(const lt_st_tensor *t, float *dst, int64_t n);
+
+/* Writer: collects tensors (data is borrowed until save returns) and writes
+ * the file to path + ".tmp" then renames it, so a crash never leaves a
+ * half-written file under the final name. */
+typedef struct lt_st_writer lt_st_writer;
+int lt_st_writer_new(lt_st_writer **out);
+void lt_st_writer_free(lt_st_writer *w);
+int lt_st_writer_add(lt_st_writer *w, const char *name, int dtype, int ndim,
+                     const int64_t *shape, const void *data);
+int lt_st_writer_metadata(lt_st_writer *w, const char *key, const char *value);
+int lt_st_writer_save(lt_st_writer *w, const char *path);
+
+/* Float conversions used by the loader and by tests. */
+float lt_f16_to_f32(uint16_t h);
+float lt_bf16_to_f32(uint16_t h);
+uint16_t lt_f32_to_f16(float f);   /* round to nearest even */
+uint16_t lt_f32_to_bf16(float f);  /* round to nearest even */
+
+/* ------------------------------------------------------------- tokenizer */
+
+typedef struct lt_tokenizer lt_tokenizer;
+
+/* GPT-2 byte-level BPE from vocab.json and merges.txt. */
+int lt_tokenizer_load(const char *vocab_json, const char *merges_txt, lt_tokenizer **out);
+void lt_tokenizer_free(lt_tokenizer *tok);
+int lt_tokenizer_vocab_size(const lt_tokenizer *tok);
+/* Id of <|endoftext|>, or -1 when the vocabulary has none. */
+int lt_tokenizer_eot(const lt_tokenizer *tok);
+/* Encodes len bytes of text (any bytes; invalid UTF-8 still round-trips).
+ * <|endoftext|> in the text is the special token. *ids: caller frees. */
+int lt_tokenizer_encode(lt_tokenizer *tok, const char *text, size_t len, int32_t **ids, int *n);
+/* Decodes n ids to bytes; *text is NUL-terminated, *len excludes the NUL.
+ * Caller frees *text. An id outside the vocabulary is an error. */
+int lt_tokenizer_decode(const lt_tokenizer *tok, const int32_t *ids, int n, char **text, size_t *len);
+/* The vocabulary string of one id (byte-level alphabet, as in vocab.json),
+ * or NULL for an id outside the vocabulary. Owned by the tokenizer. */
+const char *lt_tokenizer_token_str(const lt_tokenizer *tok, int id);
+
+/* ------------------------------------------------------------------ model */
+
+typedef struct lt_config {
+    int n_layer, n_head, n_embd, d_head, d_mlp, n_ctx, d_vocab;
+    float ln_eps;
+} lt_config;
+
+typedef struct lt_model lt_model;
+
+/* Weight processing applied at load, with TransformerLens's names; all off
+ * by default so that a plain load keeps Hugging Face numerics. */
+typedef struct lt_load_opts {
+    int fold_ln;
+    int center_writing_weights;
+    int center_unembed;
+    int fold_value_biases;
+} lt_load_opts;
+
+/* Loads a Hugging Face GPT-2 directory (config.json + model.safetensors).
+ * Tensor names with or without the "transformer." prefix; hub mask buffers
+ * (h.N.attn.bias, h.N.attn.masked_bias) skipped; lm_head tied to wte. A
+ * missing, unknown or wrongly shaped tensor is an error naming it and the
+ * file. opts may be NULL. */
+int lt_model_load(const char *dir, const lt_load_opts *opts, lt_model **out);
+/* A model with random weights (GPT-2 style init: N(0, 0.02), LayerNorm
+ * weight 1, bias 0), deterministic for a seed. */
+int lt_model_random(const lt_config *cfg, uint64_t seed, lt_model **out);
+void lt_model_free(lt_model *m);
+const lt_config *lt_model_config(const lt_model *m);
+/* A parameter by its Hugging Face name without prefix ("wte.weight",
+ * "h.0.attn.c_proj.weight", ...), as a writable view with the HF shape. */
+int lt_model_param(lt_model *m, const char *name, lt_view *out);
+int lt_model_param_count(const lt_model *m);
+const char *lt_model_param_name(const lt_model *m, int i);
+/* Writes config.json and model.safetensors (transformer.-prefixed names, as
+ * save_pretrained does) into dir, creating it if needed. */
+int lt_model_save(const lt_model *m, const char *dir);
+
+/* ------------------------------------------------------------ hook points */
+
+/* Hook kinds; a hook point is (kind, layer). Per-layer kinds use layer
+ * 0..n_layer-1; global kinds (EMBED, POS_EMBED, LNF_*) use layer -1. */
+enum {
+    LT_HOOK_EMBED = 0, LT_HOOK_POS_EMBED,
+    LT_HOOK_RESID_PRE, LT_HOOK_LN1_SCALE, LT_HOOK_LN1_NORMALIZED,
+    LT_HOOK_Q, LT_HOOK_K, LT_HOOK_V, LT_HOOK_ATTN_SCORES, LT_HOOK_PATTERN,
+    LT_HOOK_Z, LT_HOOK_RESULT, LT_HOOK_ATTN_OUT, LT_HOOK_RESID_MID,
+    LT_HOOK_LN2_SCALE, LT_HOOK_LN2_NORMALIZED,
+    LT_HOOK_MLP_PRE, LT_HOOK_MLP_POST, LT_HOOK_MLP_OUT, LT_HOOK_RESID_POST,
+    LT_HOOK_LNF_SCALE, LT_HOOK_LNF_NORMALIZED,
+    LT_HOOK_NKINDS
+};
+
+/* Hook points are numbered 0..lt_hook_count(m)-1. */
+int lt_hook_count(const lt_model *m);
+/* Point id for a TransformerLens name ("blocks.0.attn.hook_pattern"); a
+ * negative layer counts from the end. -1 with an error for unknown names. */
+int lt_hook_find(const lt_model *m, const char *name);
+/* Canonical name of point id; NULL for an id out of range. Static storage
+ * owned by the model. */
+const char *lt_hook_name(const lt_model *m, int point);
+int lt_hook_kind(const lt_model *m, int point);
+int lt_hook_layer(const lt_model *m, int point);
+/* Shape of the activation at a point for a (B, T) run; the batch dimension
+ * is always included here (ndim counts it). */
+int lt_hook_shape(const lt_model *m, int point, int B, int T, lt_view *out);
+
+/* ------------------------------------------------------------------- runs */
+
+/* A run holds the per-(B, T) buffers of forward passes, the hooks attached
+ * for them and the captured activations. Buffers are reused across forward
+ * calls and grown when (B, T) grows. */
+typedef struct lt_run lt_run;
+
+int lt_run_new(lt_model *m, lt_run **out);
+void lt_run_free(lt_run *r);
+
+/* Forward pass over B sequences of T ids (ids is [B, T]). On success
+ * *logits points to [B, T, d_vocab] owned by the run (valid until the next
+ * forward on it). Ids out of range, T > n_ctx or T == 0 are errors. */
+int lt_forward(lt_run *r, const int32_t *ids, int B, int T, float **logits);
+
+/* Mean next-token cross-entropy of the logits of the last forward
+ * (predicting ids[b, t+1] from position t), over all B*(T-1) targets. */
+int lt_run_loss(lt_run *r, const int32_t *ids, int B, int T, double *loss);
+
+/* Sampling from a row of logits: temperature 0 is greedy (argmax, lowest id
+ * on ties); top_k <= 0 means no top-k cut. *state is an RNG state the
+ * caller seeds and keeps. */
+int lt_sample(const float *logits, int n, float temperature, int top_k, uint64_t *state);
+
+/* Capture: after each forward, the activation at point is copied into a
+ * fresh buffer that lt_run_take_capture hands over (caller frees). */
+int lt_run_capture(lt_run *r, int point, int on);
+/* Hands over the capture of point from the last forward: out->data is then
+ * owned by the caller (lt_free). Error when nothing was captured there. */
+int lt_run_take_capture(lt_run *r, int point, lt_view *out);
+
+/* A callback at a hook point. It receives a writable view of the activation
+ * (batch dimension included) and may edit it in place. A non-zero return
+ * aborts the forward pass with an error. */
+typedef int (*lt_hook_fn)(void *ud, int point, lt_view *act);
+int lt_run_add_callback(lt_run *r, int point, lt_hook_fn fn, void *ud);
+
+/* Built-in interventions, applied in C at a point, in the order added. */
+enum {
+    LT_IV_ZERO = 0,   /* selected elements = 0 */
+    LT_IV_SET,        /* selected elements = value */
+    LT_IV_SCALE,      /* selected elements *= value */
+    LT_IV_ADD,        /* selected elements += vec (indexed like the selection's last dim) or value */
+    LT_IV_PATCH,      /* selected elements = src at the same index (src shaped like the activation of one batch row, or of all rows when src_rows > 1) */
+    LT_IV_MEAN        /* selected elements = src at the same index without batch (a per-position mean [T, ...]) or, with src_per_position = 0, [...] broadcast over positions */
+};
+
+typedef struct lt_intervention {
+    int op;
+    float value;
+    const float *src;          /* PATCH, MEAN; borrowed until the run is done */
+    int src_rows;              /* PATCH: rows in src (1 = same source for every batch row) */
+    int src_per_position;      /* MEAN: 1 if src has a position dimension */
+    const float *vec;          /* ADD: optional vector; NULL means add value */
+    int vec_len;
+    const int32_t *positions;  /* NULL = all; negative counts from the end */
+    int n_positions;
+    const int32_t *heads;      /* NULL = all; only for points with a head dimension */
+    int n_heads;
+    const int32_t *indices;    /* NULL = all; last dimension (neurons, d_model, d_head) */
+    int n_indices;
+    int batch_row;             /* -1 = every row, else only that row */
+} lt_intervention;
+
+/* Copies *iv (not the arrays it points to: they are borrowed until the run
+ * is freed or its hooks cleared). Validated against the point's shape at
+ * forward time; a bad index is an error naming the point. */
+int lt_run_add_intervention(lt_run *r, int point, const lt_intervention *iv);
+/* Removes every callback and intervention (captures stay). */
+void lt_run_clear_hooks(lt_run *r);
+/* Removes every capture request and frees captures not taken. */
+void lt_run_clear_captures(lt_run *r);
+
+/* ------------------------------------------------------------------ fetch */
+
+/* Downloads url to path: written to path + ".part" and renamed when
+ * complete. token may be NULL (sent as a Bearer token otherwise). progress
+ * draws a bar on stderr when non-zero. HTTP errors (404...), timeouts
+ * (timeout_s without progress) and write failures (disk full) are errors
+ * naming the URL; no partial file is left under path. */
+int lt_http_download(const char *url, const char *path, const char *token,
+                     int timeout_s, int progress);
+
+/* ffi-end */
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* LANTERN_H */
