@@ -156,7 +156,9 @@ int lt_model_random(const lt_config *cfg, uint64_t seed, lt_model **out);
 void lt_model_free(lt_model *m);
 const lt_config *lt_model_config(const lt_model *m);
 /* A parameter by its Hugging Face name without prefix ("wte.weight",
- * "h.0.attn.c_proj.weight", ...), as a writable view with the HF shape. */
+ * "h.0.attn.c_proj.weight", ...), as a writable view with the HF shape.
+ * "lm_head.weight" [V, C] is the unembedding (wte while tied) and
+ * "lm_head.bias" [V] exists once weight processing gave it one. */
 int lt_model_param(lt_model *m, const char *name, lt_view *out);
 int lt_model_param_count(const lt_model *m);
 const char *lt_model_param_name(const lt_model *m, int i);
@@ -275,6 +277,124 @@ void lt_run_clear_captures(lt_run *r);
  * naming the URL; no partial file is left under path. */
 int lt_http_download(const char *url, const char *path, const char *token,
                      int timeout_s, int progress);
+
+/* ------------------------------------------------------------------ store */
+
+/* The store: one LMDB environment directory holding node records,
+ * explanations, scores, the LLM request cache and run metadata in named
+ * databases ("meta", "models", "records", "explanations", "scores",
+ * "llm_cache", "runs"). Key schema and value formats: docs/store.md.
+ * Writers never block readers; readers see the snapshot of the last commit
+ * before they started. One handle per store per process (LMDB's rule; a
+ * second open of the same directory is an error), used by one thread at a
+ * time. */
+
+enum { LT_STORE_READONLY = 1 };
+enum { LT_STORE_SCHEMA_VERSION = 1, LT_RECORD_FORMAT_VERSION = 1 };
+/* lt_store_get / lt_store_get_record / lt_store_iter_next results besides
+ * LT_OK and LT_ERR. */
+enum { LT_STORE_NOT_FOUND = 1, LT_STORE_ITEM = 1, LT_STORE_END = 0 };
+
+typedef struct lt_store lt_store;
+typedef struct lt_store_iter lt_store_iter;
+
+/* Opens the store in directory path. Without LT_STORE_READONLY a missing
+ * directory (and its parents) is created and an empty one becomes a new
+ * store. Errors: a file or a directory with other files but no data.mdb, an
+ * LMDB environment without lantern metadata or a damaged data.mdb ("... is
+ * not a lantern store"), a schema version newer than this build's, a store
+ * already open in this process. */
+int lt_store_open(const char *path, int flags, lt_store **out);
+/* Closes the store: a batch not committed is discarded and iterators still
+ * open are ended (their next call reports an error; free them as usual). */
+void lt_store_close(lt_store *st);
+
+/* Generic byte API. db is one of the database names above; keys are 1 to
+ * 511 bytes. Outside a batch each put or del is its own durable commit;
+ * inside a batch (lt_store_begin) it is buffered until lt_store_commit.
+ * A del of an absent key succeeds. */
+int lt_store_put(lt_store *st, const char *db, const void *key, size_t klen,
+                 const void *val, size_t vlen);
+int lt_store_del(lt_store *st, const char *db, const void *key, size_t klen);
+/* LT_OK with a copy of the value in *val (caller frees; val may be NULL to
+ * test presence), LT_STORE_NOT_FOUND, or LT_ERR. Inside a batch the batch's
+ * own puts and dels are seen. */
+int lt_store_get(lt_store *st, const char *db, const void *key, size_t klen,
+                 void **val, size_t *vlen);
+
+/* Batches: begin, any number of puts and dels, then commit (atomic: a crash
+ * at any moment leaves all of the batch or none) or abort. The batch is kept
+ * in memory until commit, which replays it after growing the map when the
+ * map is full, so callers never see a full map. On a commit error the batch
+ * is discarded. */
+int lt_store_begin(lt_store *st);
+int lt_store_commit(lt_store *st);
+void lt_store_abort(lt_store *st);
+
+/* Iterates, in key order, the entries of db whose key starts with prefix
+ * (plen 0: all), in a read snapshot taken at lt_store_iter_new: later
+ * commits, including this handle's, are not seen. lt_store_iter_next returns
+ * LT_STORE_ITEM with key and value (val may be NULL to skip copying it;
+ * pointers valid until the next call or free), LT_STORE_END, or LT_ERR. */
+int lt_store_iter_new(lt_store *st, const char *db, const void *prefix, size_t plen,
+                      lt_store_iter **out);
+int lt_store_iter_next(lt_store_iter *it, const void **key, size_t *klen,
+                       const void **val, size_t *vlen);
+void lt_store_iter_free(lt_store_iter *it);
+
+/* Number of entries in db (committed data). */
+int lt_store_count(lt_store *st, const char *db, uint64_t *n);
+/* Current map size in bytes (it grows as the store fills). */
+size_t lt_store_map_size(const lt_store *st);
+
+/* Writes the node key "<prefix>/<model>/<kind>/<layer:4 digits>/<index:8
+ * digits>" (for example "rec/toy/mlp_neuron/0001/00000042") into buf, NUL
+ * terminated. model and kind: 1 to 200 bytes, no '/' or control characters;
+ * 0 <= layer <= 9999, 0 <= index <= 99999999. */
+int lt_store_node_key(const char *prefix, const char *model, const char *kind,
+                      int layer, int index, char *buf, size_t cap);
+
+/* A node's activation records: token windows with one activation per token,
+ * as the miner keeps them. */
+typedef struct lt_act_record {
+    int n;              /* tokens in the window */
+    int64_t window;     /* the window's index in the dataset, -1 if unknown */
+    int32_t *tokens;    /* [n] token ids */
+    float *acts;        /* [n] activation per token */
+    int32_t *extra;     /* [n] or NULL; attention heads: attended-to position */
+} lt_act_record;
+
+typedef struct lt_quantile_bin {
+    double q_lo, q_hi;  /* the bin as quantiles of the distribution (0.5, 0.9) */
+    double lo, hi;      /* the activation values at those quantiles */
+    int n_records;
+    lt_act_record *records;
+} lt_quantile_bin;
+
+typedef struct lt_record_set {
+    double mean, variance, skewness, kurtosis;
+    uint64_t count;     /* activations the statistics cover */
+    int n_top;          /* top windows by maximum activation */
+    lt_act_record *top;
+    int n_random;       /* uniform random sample of windows */
+    lt_act_record *random;
+    int n_bins;         /* samples by quantile bin */
+    lt_quantile_bin *bins;
+} lt_record_set;
+
+/* Encodes a record set into the binary value format (docs/store.md); *buf:
+ * caller frees. Top records are written in decreasing order of their
+ * maximum activation (ties keep their order); other sections as given. */
+int lt_store_encode_record(const lt_record_set *rs, void **buf, size_t *len);
+/* Decodes a value; *out is one allocation (caller frees it with lt_free).
+ * A truncated, oversized or foreign value is an error, never a crash. */
+int lt_store_decode_record(const void *buf, size_t len, lt_record_set **out);
+/* Puts a node's records under its "rec/..." key (batched inside a batch). */
+int lt_store_put_record(lt_store *st, const char *model, const char *kind, int layer,
+                        int index, const lt_record_set *rs);
+/* LT_OK with *out (caller frees with lt_free), LT_STORE_NOT_FOUND, LT_ERR. */
+int lt_store_get_record(lt_store *st, const char *model, const char *kind, int layer,
+                        int index, lt_record_set **out);
 
 /* ffi-end */
 

@@ -28,7 +28,7 @@ int lt_fail_context(const char *fmt, ...) {
     vsnprintf(prefix, sizeof prefix, fmt, ap);
     va_end(ap);
     memcpy(old, last_error, sizeof old);
-    snprintf(last_error, sizeof last_error, "%s: %s", prefix, old);
+    snprintf(last_error, sizeof last_error, "%.500s: %.500s", prefix, old);
     return LT_ERR;
 }
 
