@@ -268,6 +268,47 @@ void lt_run_clear_hooks(lt_run *r);
 /* Removes every capture request and frees captures not taken. */
 void lt_run_clear_captures(lt_run *r);
 
+/* Activations and gradients kept for the backward pass. */
+
+/* With on, later forward passes keep every block's activations (memory
+ * grows with n_layer) so that lt_backward and lt_run_activation work. */
+void lt_run_keep_activations(lt_run *r, int on);
+/* A borrowed view of the activation at point from the last (kept) forward
+ * pass, batch dimension included; valid until the next forward. */
+int lt_run_activation(lt_run *r, int point, lt_view *out);
+/* A borrowed view of the gradient at point from the last lt_backward;
+ * valid until the next forward or backward. */
+int lt_run_grad(lt_run *r, int point, lt_view *out);
+
+/* A gradient placed at a hook point: the backward pass starts there (it is
+ * how tracing uses a node's pre-activation as the metric). grad is shaped
+ * like the point's activation for the run's (B, T). */
+typedef struct lt_grad_seed {
+    int point;
+    const float *grad;
+} lt_grad_seed;
+
+typedef struct lt_backward_opts {
+    int detach_lnf_scale;     /* ln_final's scale is a constant (TDB's node table) */
+    int detach_ln1_layer;     /* this layer's ln1 scale is a constant; -1 none */
+    int detach_ln2_layer;     /* this layer's ln2 scale is a constant; -1 none */
+    int stop_q_layer;         /* no gradient into hook_q of this layer; -1 none */
+    int stop_k_layer;         /* no gradient into hook_k of this layer; -1 none */
+    int stop_pattern_layer;   /* no gradient through the pattern of this layer; -1 none */
+    int param_grads;          /* accumulate parameter gradients (see lt_run_param_grads) */
+} lt_backward_opts;
+
+/* Backward pass of the last forward (which must have kept its
+ * activations): dlogits [B, T, V] (may be NULL) and seeds give the gradient
+ * of a scalar; afterwards lt_run_grad reads the gradient at any point.
+ * opts may be NULL (nothing detached, no parameter gradients). Parameter
+ * gradients accumulate across calls until lt_run_zero_param_grads. */
+int lt_backward(lt_run *r, const float *dlogits, const lt_grad_seed *seeds, int n_seeds, const lt_backward_opts *opts);
+/* Parameter gradients, laid out like the parameter table (the order of
+ * lt_model_param_name); borrowed. */
+int lt_run_param_grads(lt_run *r, float **grads, size_t *n);
+void lt_run_zero_param_grads(lt_run *r);
+
 /* ------------------------------------------------------------------ fetch */
 
 /* Downloads url to path: written to path + ".part" and renamed when

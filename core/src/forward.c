@@ -8,6 +8,7 @@
 
 #include <cblas.h>
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 /* Runs the hooks of a point when anything is attached to the run. */
@@ -31,9 +32,9 @@ static int layernorm_hooked(lt_run *r, int layer, int scale_kind, const float *x
 static int block_forward(lt_run *r, int l) {
     const lt_config *c = &r->m->cfg;
     const lt_block_params *p = &r->m->blocks[l];
-    lt_block_acts *a = &r->acts[l];
+    lt_block_acts *a = &r->a.blocks[l];
     int B = r->B, T = r->T, N = B * T, C = c->n_embd, H = c->n_head, D = c->d_head, M = c->d_mlp;
-    float *x = r->resid[l];
+    float *x = r->a.resid[l];
 
     HOOK(r, LT_HOOK_RESID_PRE, l, x);
     if (layernorm_hooked(r, l, LT_HOOK_LN1_SCALE, x, a->ln1_mean, a->ln1_scale, a->ln1_norm, a->ln1_out, p->ln1_w, p->ln1_b))
@@ -79,8 +80,8 @@ static int block_forward(lt_run *r, int l) {
     op_matmul_forward(a->mlp_out, a->mlp_post, p->out_w, C, p->out_b, N, M, C);
     HOOK(r, LT_HOOK_MLP_OUT, l, a->mlp_out);
 
-    op_add(r->resid[l + 1], a->resid_mid, a->mlp_out, (size_t)N * C);
-    HOOK(r, LT_HOOK_RESID_POST, l, r->resid[l + 1]);
+    op_add(r->a.resid[l + 1], a->resid_mid, a->mlp_out, (size_t)N * C);
+    HOOK(r, LT_HOOK_RESID_POST, l, r->a.resid[l + 1]);
     return LT_OK;
 }
 
@@ -96,27 +97,35 @@ int lt_forward_ex(lt_run *r, const int32_t *ids, int B, int T, int keep_all, flo
     int with_result = 0;
     for (int l = 0; l < c->n_layer && r->any_hooks; l++)
         if (lt_run_point_active(r, lt_point(m, LT_HOOK_RESULT, l))) with_result = 1;
-    if (lt_run_reserve(r, B, T, keep_all, with_result)) return LT_ERR;
+    if (lt_run_reserve(r, B, T, keep_all || r->want_keep, with_result)) return LT_ERR;
+    r->has_grads = 0;
 
     int N = B * T, C = c->n_embd;
-    for (int n = 0; n < N; n++) memcpy(r->embed + (size_t)n * C, m->wte + (size_t)ids[n] * C, (size_t)C * sizeof(float));
-    HOOK(r, LT_HOOK_EMBED, -1, r->embed);
-    for (int n = 0; n < N; n++) memcpy(r->pos_embed + (size_t)n * C, m->wpe + (size_t)(n % T) * C, (size_t)C * sizeof(float));
-    HOOK(r, LT_HOOK_POS_EMBED, -1, r->pos_embed);
-    op_add(r->resid[0], r->embed, r->pos_embed, (size_t)N * C);
+    if ((size_t)N > r->ids_cap) {
+        int32_t *nid = realloc(r->ids, (size_t)N * sizeof *nid);
+        if (!nid) return lt_fail("out of memory");
+        r->ids = nid;
+        r->ids_cap = (size_t)N;
+    }
+    memcpy(r->ids, ids, (size_t)N * sizeof *ids);
+    for (int n = 0; n < N; n++) memcpy(r->a.embed + (size_t)n * C, m->wte + (size_t)ids[n] * C, (size_t)C * sizeof(float));
+    HOOK(r, LT_HOOK_EMBED, -1, r->a.embed);
+    for (int n = 0; n < N; n++) memcpy(r->a.pos_embed + (size_t)n * C, m->wpe + (size_t)(n % T) * C, (size_t)C * sizeof(float));
+    HOOK(r, LT_HOOK_POS_EMBED, -1, r->a.pos_embed);
+    op_add(r->a.resid[0], r->a.embed, r->a.pos_embed, (size_t)N * C);
 
     for (int l = 0; l < c->n_layer; l++)
         if (block_forward(r, l)) return LT_ERR;
 
-    if (layernorm_hooked(r, -1, LT_HOOK_LNF_SCALE, r->resid[c->n_layer], r->lnf_mean, r->lnf_scale, r->lnf_norm,
-                         r->lnf_out, m->lnf_w, m->lnf_b))
+    if (layernorm_hooked(r, -1, LT_HOOK_LNF_SCALE, r->a.resid[c->n_layer], r->a.lnf_mean, r->a.lnf_scale, r->a.lnf_norm,
+                         r->a.lnf_out, m->lnf_w, m->lnf_b))
         return LT_ERR;
     /* logits [N, V] = lnf_out [N, C] @ unembed_w^T (+ unembed_b) */
     if (m->unembed_b)
-        for (int n = 0; n < N; n++) memcpy(r->logits + (size_t)n * c->d_vocab, m->unembed_b, (size_t)c->d_vocab * sizeof(float));
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, c->d_vocab, C, 1.0f, r->lnf_out, C, m->unembed_w, C,
-                m->unembed_b ? 1.0f : 0.0f, r->logits, c->d_vocab);
-    if (logits) *logits = r->logits;
+        for (int n = 0; n < N; n++) memcpy(r->a.logits + (size_t)n * c->d_vocab, m->unembed_b, (size_t)c->d_vocab * sizeof(float));
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, c->d_vocab, C, 1.0f, r->a.lnf_out, C, m->unembed_w, C,
+                m->unembed_b ? 1.0f : 0.0f, r->a.logits, c->d_vocab);
+    if (logits) *logits = r->a.logits;
     return LT_OK;
 }
 
@@ -140,7 +149,7 @@ int lt_run_loss(lt_run *r, const int32_t *ids, int B, int T, double *loss) {
     double total = 0;
     for (int b = 0; b < B; b++)
         for (int t = 0; t + 1 < T; t++) {
-            const float *row = r->logits + ((size_t)b * T + t) * V;
+            const float *row = r->a.logits + ((size_t)b * T + t) * V;
             total += logsumexp(row, V) - row[ids[(size_t)b * T + t + 1]];
         }
     *loss = total / ((double)B * (T - 1));

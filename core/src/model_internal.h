@@ -104,21 +104,32 @@ typedef struct lt_point_state {
     lt_view captured_view;
 } lt_point_state;
 
+/* Every activation of a forward pass; the backward pass keeps its
+ * gradients in a second lt_acts of the same layout. */
+typedef struct lt_acts {
+    float *embed, *pos_embed;      /* [N, C] */
+    float **resid;                 /* [n_layer + 1] of [N, C]: resid[l] = resid_pre of block l */
+    lt_block_acts *blocks;         /* [n_layer] (one shared slice unless keep_all) */
+    float *lnf_mean, *lnf_scale;   /* [N] */
+    float *lnf_norm, *lnf_out;     /* [N, C] */
+    float *logits;                 /* [N, V] */
+} lt_acts;
+
 struct lt_run {
     lt_model *m;
     int B, T;                      /* shape of the last forward */
     int keep_all;                  /* every block keeps its own activations (for backward) */
-    int kept_layers;               /* blocks with their own slab */
+    int want_keep;                 /* lt_run_keep_activations: forward keeps all */
     int has_result;                /* result buffers allocated */
+    int has_grads;                 /* g holds the gradients of the last backward */
 
-    float *slab;                   /* all activation memory, one allocation */
-    size_t slab_floats;            /* its capacity */
-    float *embed, *pos_embed;      /* [N, C] */
-    float **resid;                 /* [n_layer + 1] of [N, C]: resid[l] = resid_pre of block l */
-    lt_block_acts *acts;           /* [n_layer] (shared slabs unless keep_all) */
-    float *lnf_mean, *lnf_scale;   /* [N] */
-    float *lnf_norm, *lnf_out;     /* [N, C] */
-    float *logits;                 /* [N, V] */
+    float *slab, *gslab;           /* activation and gradient memory, one allocation each */
+    size_t slab_floats, gslab_floats;
+    lt_acts a;                     /* activations */
+    lt_acts g;                     /* gradients (after lt_backward) */
+    float *param_grads;            /* [n_params] when asked for */
+    int32_t *ids;                  /* [B, T] of the last forward */
+    size_t ids_cap;
 
     lt_point_state *points;        /* [n_hooks] */
     int any_hooks;                 /* fast path: nothing attached anywhere */
@@ -126,6 +137,11 @@ struct lt_run {
 
 /* Sizes and carves the activation buffers for a (B, T) forward pass. */
 int lt_run_reserve(lt_run *r, int B, int T, int keep_all, int with_result);
+/* Sizes and carves the gradient buffers like the activations (zeroed). */
+int lt_run_reserve_grads(lt_run *r);
+/* The buffer of a hook point inside an lt_acts, or NULL (hook_result when
+ * it was not computed). */
+float *lt_acts_point(const lt_run *r, const lt_acts *a, int point);
 /* Forward pass; keep_all keeps every block's activations for backward. */
 int lt_forward_ex(lt_run *r, const int32_t *ids, int B, int T, int keep_all, float **logits);
 /* Runs the hooks of point on data (shape from lt_hook_shape at r->B, r->T). */

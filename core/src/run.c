@@ -13,10 +13,16 @@ int lt_run_new(lt_model *m, lt_run **out) {
     lt_run *r = calloc(1, sizeof *r);
     if (!r) return lt_fail("out of memory");
     r->m = m;
-    r->resid = calloc((size_t)m->cfg.n_layer + 1, sizeof *r->resid);
-    r->acts = calloc((size_t)m->cfg.n_layer, sizeof *r->acts);
+    size_t L = (size_t)m->cfg.n_layer;
+    r->a.resid = calloc(L + 1, sizeof(float *));
+    r->g.resid = calloc(L + 1, sizeof(float *));
+    r->a.blocks = calloc(L, sizeof(lt_block_acts));
+    r->g.blocks = calloc(L, sizeof(lt_block_acts));
     r->points = calloc((size_t)m->n_hooks, sizeof *r->points);
-    if (!r->resid || !r->acts || !r->points) { lt_run_free(r); return lt_fail("out of memory"); }
+    if (!r->a.resid || !r->g.resid || !r->a.blocks || !r->g.blocks || !r->points) {
+        lt_run_free(r);
+        return lt_fail("out of memory");
+    }
     *out = r;
     return LT_OK;
 }
@@ -31,10 +37,17 @@ void lt_run_free(lt_run *r) {
         free(r->points);
     }
     lt_free(r->slab);
-    free(r->resid);
-    free(r->acts);
+    lt_free(r->gslab);
+    lt_free(r->param_grads);
+    free(r->ids);
+    free(r->a.resid);
+    free(r->g.resid);
+    free(r->a.blocks);
+    free(r->g.blocks);
     free(r);
 }
+
+static int check_point_range(const lt_run *r, int point);
 
 /* ------------------------------------------------------------ buffers */
 
@@ -63,48 +76,118 @@ static void carve_block(carver *c, lt_block_acts *a, const lt_config *cfg, size_
     a->mlp_out = carve(c, N * C);
 }
 
-static void carve_all(lt_run *r, carver *c, int B, int T, int keep_all, int with_result) {
+static void carve_all(const lt_run *r, lt_acts *a, carver *c, int B, int T, int keep_all, int with_result) {
     const lt_config *cfg = &r->m->cfg;
     size_t N = (size_t)B * T, C = cfg->n_embd, L = cfg->n_layer;
     size_t BHTT = (size_t)B * cfg->n_head * T * T;
-    r->embed = carve(c, N * C);
-    r->pos_embed = carve(c, N * C);
-    for (size_t l = 0; l <= L; l++) r->resid[l] = carve(c, N * C);
+    a->embed = carve(c, N * C);
+    a->pos_embed = carve(c, N * C);
+    for (size_t l = 0; l <= L; l++) a->resid[l] = carve(c, N * C);
     for (size_t l = 0; l < L; l++) {
-        if (l == 0 || keep_all) carve_block(c, &r->acts[l], cfg, N, BHTT, with_result);
-        else r->acts[l] = r->acts[0];
+        if (l == 0 || keep_all) carve_block(c, &a->blocks[l], cfg, N, BHTT, with_result);
+        else a->blocks[l] = a->blocks[0];
     }
-    r->lnf_mean = carve(c, N); r->lnf_scale = carve(c, N);
-    r->lnf_norm = carve(c, N * C); r->lnf_out = carve(c, N * C);
-    r->logits = carve(c, N * (size_t)cfg->d_vocab);
+    a->lnf_mean = carve(c, N); a->lnf_scale = carve(c, N);
+    a->lnf_norm = carve(c, N * C); a->lnf_out = carve(c, N * C);
+    a->logits = carve(c, N * (size_t)cfg->d_vocab);
+}
+
+/* Carves a for (B, T) out of *slab, growing it to fit. */
+static int carve_slab(lt_run *r, lt_acts *a, float **slab, size_t *cap, int B, int T, int keep_all, int with_result) {
+    carver count = {NULL, 0};
+    carve_all(r, a, &count, B, T, keep_all, with_result);
+    if (count.used > *cap) {
+        lt_free(*slab);
+        *cap = 0;
+        if (!(*slab = lt_alloc(count.used))) return lt_fail_context("buffers for B=%d, T=%d", B, T);
+        *cap = count.used;
+    }
+    carver c = {*slab, 0};
+    carve_all(r, a, &c, B, T, keep_all, with_result);
+    return LT_OK;
 }
 
 /* Sizes the buffers for a (B, T) forward: reuses the slab when it is large
  * enough, grows it otherwise. keep_all gives every block its own
  * activations (needed by the backward pass). */
 int lt_run_reserve(lt_run *r, int B, int T, int keep_all, int with_result) {
-    carver count = {NULL, 0};
-    carve_all(r, &count, B, T, keep_all, with_result);
-    if (count.used > r->slab_floats) {
-        lt_free(r->slab);
-        r->slab = NULL;
-        r->slab_floats = 0;
-        r->slab = lt_alloc(count.used);
-        if (!r->slab) return lt_fail_context("activation buffers for B=%d, T=%d", B, T);
-        r->slab_floats = count.used;
-    }
-    carver c = {r->slab, 0};
-    carve_all(r, &c, B, T, keep_all, with_result);
+    if (carve_slab(r, &r->a, &r->slab, &r->slab_floats, B, T, keep_all, with_result)) return LT_ERR;
     r->B = B;
     r->T = T;
     r->keep_all = keep_all;
     r->has_result = with_result;
+    r->has_grads = 0;
     return LT_OK;
 }
 
+int lt_run_reserve_grads(lt_run *r) {
+    if (carve_slab(r, &r->g, &r->gslab, &r->gslab_floats, r->B, r->T, 1, r->has_result)) return LT_ERR;
+    carver count = {NULL, 0};
+    carve_all(r, &r->g, &count, r->B, r->T, 1, r->has_result);
+    memset(r->gslab, 0, count.used * sizeof(float));
+    carver c = {r->gslab, 0};
+    carve_all(r, &r->g, &c, r->B, r->T, 1, r->has_result);
+    return LT_OK;
+}
+
+float *lt_acts_point(const lt_run *r, const lt_acts *a, int point) {
+    int kind = lt_hook_kind(r->m, point), l = lt_hook_layer(r->m, point);
+    const lt_block_acts *b = l >= 0 ? &a->blocks[l] : NULL;
+    switch (kind) {
+    case LT_HOOK_EMBED: return a->embed;
+    case LT_HOOK_POS_EMBED: return a->pos_embed;
+    case LT_HOOK_RESID_PRE: return a->resid[l];
+    case LT_HOOK_LN1_SCALE: return b->ln1_scale;
+    case LT_HOOK_LN1_NORMALIZED: return b->ln1_norm;
+    case LT_HOOK_Q: return b->q;
+    case LT_HOOK_K: return b->k;
+    case LT_HOOK_V: return b->v;
+    case LT_HOOK_ATTN_SCORES: return b->scores;
+    case LT_HOOK_PATTERN: return b->pattern;
+    case LT_HOOK_Z: return b->z;
+    case LT_HOOK_RESULT: return b->result;
+    case LT_HOOK_ATTN_OUT: return b->attn_out;
+    case LT_HOOK_RESID_MID: return b->resid_mid;
+    case LT_HOOK_LN2_SCALE: return b->ln2_scale;
+    case LT_HOOK_LN2_NORMALIZED: return b->ln2_norm;
+    case LT_HOOK_MLP_PRE: return b->mlp_pre;
+    case LT_HOOK_MLP_POST: return b->mlp_post;
+    case LT_HOOK_MLP_OUT: return b->mlp_out;
+    case LT_HOOK_RESID_POST: return a->resid[l + 1];
+    case LT_HOOK_LNF_SCALE: return a->lnf_scale;
+    case LT_HOOK_LNF_NORMALIZED: return a->lnf_norm;
+    default: return NULL;
+    }
+}
+
+/* A borrowed view of a point's buffer in a, with its shape. */
+static int point_view(lt_run *r, const lt_acts *a, int point, const char *what, lt_view *out) {
+    if (check_point_range(r, point)) return LT_ERR;
+    if (!r->B) return lt_fail("no forward pass has run yet");
+    float *data = lt_acts_point(r, a, point);
+    if (!data) return lt_fail("%s at %s was not computed in the last pass", what, lt_hook_name(r->m, point));
+    if (lt_hook_shape(r->m, point, r->B, r->T, out)) return LT_ERR;
+    out->data = data;
+    return LT_OK;
+}
+
+int lt_run_activation(lt_run *r, int point, lt_view *out) {
+    if (!r->keep_all) return lt_fail("activations are kept only after a forward with lt_run_keep_activations on");
+    return point_view(r, &r->a, point, "the activation", out);
+}
+
+int lt_run_grad(lt_run *r, int point, lt_view *out) {
+    if (!r->has_grads) return lt_fail("no gradients: run lt_backward after the forward pass");
+    return point_view(r, &r->g, point, "the gradient", out);
+}
+
+void lt_run_keep_activations(lt_run *r, int on) { r->want_keep = on != 0; }
+
 /* -------------------------------------------------------------- hooks */
 
-static int check_point(const lt_run *r, int point) {
+static int check_point_range(const lt_run *r, int point);
+static int check_point(const lt_run *r, int point) { return check_point_range(r, point); }
+static int check_point_range(const lt_run *r, int point) {
     if (point < 0 || point >= r->m->n_hooks) return lt_fail("hook point %d out of range (0..%d)", point, r->m->n_hooks - 1);
     return LT_OK;
 }
