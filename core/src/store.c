@@ -304,8 +304,8 @@ int lt_store_open(const char *path, int flags, lt_store **out) {
     if (stat(path, &sb) != 0) {
         if (errno != ENOENT) return lt_fail("cannot open store %s: %s", path, strerror(errno));
         if (ro) return lt_fail("no lantern store at %s (a read-only open does not create one)", path);
-        if (make_dirs(path) || stat(path, &sb) != 0)
-            return lt_fail("cannot create store directory %s: %s", path, strerror(errno));
+        if (make_dirs(path)) return LT_ERR;
+        if (stat(path, &sb) != 0) return lt_fail("cannot create store directory %s: %s", path, strerror(errno));
     }
     if (!S_ISDIR(sb.st_mode)) return lt_fail("%s is not a lantern store (not a directory)", path);
     int has_data = inspect_dir(path);
@@ -321,6 +321,9 @@ int lt_store_open(const char *path, int flags, lt_store **out) {
 
     int rc = mdb_env_create(&st->env);
     if (!rc) rc = mdb_env_set_maxdbs(st->env, 16);
+    /* Each live iterator holds a reader slot until it ends or is freed (in
+     * Lua: collected), so allow more than LMDB's default 126. */
+    if (!rc) rc = mdb_env_set_maxreaders(st->env, 1024);
     /* An existing environment keeps the map size recorded in its file. */
     if (!rc && !has_data) rc = mdb_env_set_mapsize(st->env, INITIAL_MAP_SIZE);
     if (rc) { mdb_fail(rc, "store %s: cannot create the environment", path); goto fail; }
@@ -357,6 +360,12 @@ static void batch_clear(lt_store *st) {
     st->n_ops = 0;
     st->arena_len = 0;
     st->in_batch = 0;
+    /* Do not keep a huge batch's memory for the rest of the session. */
+    if (st->arena_cap > ((size_t)64 << 20)) {
+        free(st->arena);
+        st->arena = NULL;
+        st->arena_cap = 0;
+    }
 }
 
 void lt_store_close(lt_store *st) {
@@ -444,14 +453,17 @@ static int apply_log(lt_store *st) {
         if (rc) mdb_txn_abort(txn);
         else rc = mdb_txn_commit(txn);   /* frees txn even when it fails */
         if (rc != MDB_MAP_FULL) break;
+        /* Double, or more when the batch alone is large, so that a big
+         * batch is replayed once or twice, not many times. */
         MDB_envinfo info;
         mdb_env_info(st->env, &info);
-        if (info.me_mapsize > SIZE_MAX / 2) break;
-        int grc = remap(st, info.me_mapsize * 2);
+        size_t cur = info.me_mapsize;
+        if (cur > SIZE_MAX / 4 || st->arena_len > SIZE_MAX / 4) break;
+        size_t next = cur * 2 > cur + 2 * st->arena_len ? cur * 2 : cur + 2 * st->arena_len;
+        int grc = remap(st, next);
         if (grc) {
             batch_clear(st);
-            return mdb_fail(grc, "store %s: cannot grow the map to %zu bytes", st->path,
-                            info.me_mapsize * 2);
+            return mdb_fail(grc, "store %s: cannot grow the map to %zu bytes", st->path, next);
         }
     }
     size_t n = st->n_ops;

@@ -17,15 +17,23 @@ end
 
 local function wrap(ptr, opts, dir)
   local m = setmetatable({}, Model)
-  m.ptr = ffi.gc(ptr, C.lt_model_free)
+  local run = ffi.new("lt_run *[1]")
+  local rc = C.lt_run_new(ptr, run)
+  if rc ~= 0 then C.lt_model_free(ptr) end
+  F.check(rc, "run")
+  -- One finalizer frees the run, then the model: lt_run_free reads its
+  -- model, and separate finalizers run in no fixed order (at exit, LuaJIT
+  -- calls them all in table order), which could free the model first.
+  m.run = run[0]
+  m.ptr = ffi.gc(ptr, function(p)
+    C.lt_run_free(run[0])
+    C.lt_model_free(p)
+  end)
   local c = C.lt_model_config(ptr)
   m.cfg = {
     n_layer = c.n_layer, n_head = c.n_head, n_embd = c.n_embd, d_model = c.n_embd, d_head = c.d_head,
     d_mlp = c.d_mlp, n_ctx = c.n_ctx, d_vocab = c.d_vocab, ln_eps = c.ln_eps,
   }
-  local run = ffi.new("lt_run *[1]")
-  F.check(C.lt_run_new(ptr, run), "run")
-  m.run = ffi.gc(run[0], C.lt_run_free)
   m.dir = dir
   m.name = dir and dir:gsub("/+$", ""):match("([^/]+)$") or "random"
   m._scoped = {}
@@ -149,26 +157,108 @@ end
 
 -- Runs the forward pass with hooks attached (scoped hooks first, then
 -- extra), captures the points in capture (set of point ids) and returns
--- logits as a Tensor ([T, V] or [B, T, V]) and the captured tensors. Hooks
--- and captures are always detached afterwards, also on error.
-function Model:_run(x, extra, capture, opts)
+-- logits as a Tensor ([T, V] or [B, T, V]) and the captured tensors. When
+-- after is given it runs inside the protected region, hooks still attached,
+-- as after(ctx, logits, ids, B, T) (the backward pass uses this). Hooks and
+-- captures are always detached afterwards, also on error.
+function Model:_run(x, extra, capture, opts, after)
   local ids, B, T, batched = self:input(x, opts)
   local ctx = hooks.context(self, B, T, batched)
+  local extra_result
   local ok, err = pcall(function()
     for _, list in ipairs(self._scoped) do hooks.attach(ctx, list) end
     if extra then hooks.attach(ctx, extra) end
     if capture then
       for point in pairs(capture) do F.check(C.lt_run_capture(self.run, point, 1), "capture") end
     end
-    return hooks.forward(ctx, ids, B, T, opts)
+    C.lt_run_keep_activations(self.run, after and 1 or 0)
+    local logits = hooks.forward(ctx, ids, B, T, opts)
+    if after then extra_result = after(ctx, logits, ids, B, T) end
+    return logits
   end)
   local result = ok and err or nil
   local captured
   if ok and capture then captured = hooks.take_captures(ctx, capture) end
   hooks.detach(ctx)
   C.lt_run_clear_captures(self.run)
+  C.lt_run_keep_activations(self.run, 0)
   if not ok then error(err, 0) end
-  return result, captured, ids, B, T, batched
+  return result, captured, ids, B, T, batched, extra_result
+end
+
+-- Backward options for lt_backward from a Lua table: detach_ln_final_scale,
+-- detach_ln1 / detach_ln2 (a layer), stop_q / stop_k / stop_pattern (a
+-- layer), param_grads.
+local function backward_opts(o)
+  local b = ffi.new("lt_backward_opts")
+  b.detach_lnf_scale = o.detach_ln_final_scale and 1 or 0
+  b.detach_ln1_layer = o.detach_ln1 or -1
+  b.detach_ln2_layer = o.detach_ln2 or -1
+  b.stop_q_layer = o.stop_q or -1
+  b.stop_k_layer = o.stop_k or -1
+  b.stop_pattern_layer = o.stop_pattern or -1
+  b.param_grads = o.param_grads and 1 or 0
+  return b
+end
+
+-- The backward pass of the forward just run in ctx: from a metric of the
+-- logits and/or seeds ({{name, Tensor}, ...} gradients placed at hook
+-- points). Returns the metric's value (or nil).
+local function run_backward(m, ctx, logits, ids, B, T, metric, seeds, o)
+  local dlogits, value
+  if metric then
+    metric:resolve(m)
+    if metric.kind == "cross_entropy" then
+      metric.ids_rows = {}
+      for b = 0, B - 1 do
+        local row = {}
+        for t = 0, T - 1 do row[t + 1] = ids[b * T + t] end
+        metric.ids_rows[b + 1] = row
+      end
+    end
+    dlogits, value = metric:grad(logits)
+  end
+  local n = seeds and #seeds or 0
+  local cseeds = ffi.new("lt_grad_seed[?]", math.max(n, 1))
+  for i = 1, n do
+    local name, g = seeds[i][1], seeds[i][2]
+    cseeds[i - 1].point = m:hook_point(name)
+    cseeds[i - 1].grad = g.data
+  end
+  local bo = backward_opts(o)
+  if metric and metric.detach_ln_final_scale then bo.detach_lnf_scale = 1 end
+  F.check(C.lt_backward(m.run, dlogits and dlogits.data or nil, cseeds, n, bo), "backward")
+  return value
+end
+
+-- Borrowed views of the kept activations and gradients of the last
+-- forward/backward pass, for code running inside Model:run_with_grads.
+local State = {}
+State.__index = State
+
+local function borrowed(m, ctx, fn, name)
+  local v = ffi.new("lt_view")
+  F.check(fn(m.run, m:hook_point(name), v), name)
+  local shape = {}
+  for i = ctx.batched and 0 or 1, v.ndim - 1 do shape[#shape + 1] = tonumber(v.shape[i]) end
+  return Tensor.wrap(v.data, shape, m.run)
+end
+
+function State:act(name) return borrowed(self.model, self.ctx, C.lt_run_activation, name) end
+function State:grad(name) return borrowed(self.model, self.ctx, C.lt_run_grad, name) end
+
+-- Forward and backward in one go, then fn(state) with state.logits,
+-- state.value (the metric's), state:act(name) and state:grad(name)
+-- (borrowed views, valid only inside fn). opts: metric, seeds (see
+-- run_backward), hooks, and the backward options. Returns fn's result.
+function Model:run_with_grads(x, opts, fn)
+  opts = opts or {}
+  local _, _, _, _, _, _, res = self:_run(x, opts.hooks, nil, opts, function(ctx, logits, ids, B, T)
+    local value = run_backward(self, ctx, logits, ids, B, T, opts.metric, opts.seeds, opts)
+    local state = setmetatable({model = self, ctx = ctx, logits = logits, value = value, ids = ids, B = B, T = T}, State)
+    return fn(state)
+  end)
+  return res
 end
 
 -- Logits for ids (see Model:input): a Tensor [T, d_vocab], or [B, T, d_vocab]
@@ -207,15 +297,35 @@ function Model:generate(x, n, opts)
   return out
 end
 
--- logits, cache = m:run_with_cache(ids, {names = ..., hooks = ...}).
--- names: a hook name, a list of names, or a predicate function(name);
--- default every hook point except attn.hook_result. Only the requested
--- activations are stored.
+-- logits, cache = m:run_with_cache(ids, {names = ..., hooks = ...,
+-- backward = metric}). names: a hook name, a list of names, or a predicate
+-- function(name); default every hook point except attn.hook_result. Only the
+-- requested activations are stored. With backward (an lt.metrics metric),
+-- the gradient of the metric at each requested point is stored too, as
+-- "<name>_grad", and cache.metric holds the metric's value.
 function Model:run_with_cache(x, opts)
   opts = opts or {}
   local points = hooks.select_points(self, opts.names)
-  local logits, captured, _, _, _, batched = self:_run(x, opts.hooks, points, opts)
-  return logits, hooks.new_cache(self, captured, batched)
+  local after
+  if opts.backward then
+    after = function(ctx, logits, ids, B, T)
+      local value = run_backward(self, ctx, logits, ids, B, T, opts.backward, opts.seeds, opts)
+      local grads = {}
+      for point in pairs(points) do
+        local name = ffi.string(C.lt_hook_name(self.ptr, point))
+        local view = borrowed(self, ctx, C.lt_run_grad, name)
+        grads[name .. "_grad"] = view:clone()
+      end
+      return {value = value, grads = grads}
+    end
+  end
+  local logits, captured, _, _, _, batched, extra = self:_run(x, opts.hooks, points, opts, after)
+  local cache = hooks.new_cache(self, captured, batched)
+  if extra then
+    for k, v in pairs(extra.grads) do cache:set(k, v) end
+    rawset(cache, "metric", extra.value)
+  end
+  return logits, cache
 end
 
 -- Runs with hooks: a list of {name, fn} where fn(act, hook) edits act in
