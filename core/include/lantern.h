@@ -437,6 +437,55 @@ int lt_store_put_record(lt_store *st, const char *model, const char *kind, int l
 int lt_store_get_record(lt_store *st, const char *model, const char *kind, int layer,
                         int index, lt_record_set **out);
 
+/* ---- attribution helpers (node table, core/src/attribution.c) ----
+ * Dense loops of the Transformer Debugger node table, so that no Lua loop
+ * runs over d_model. All fp32, row-major. */
+
+/* out[M, N] = a[M, K] @ b, where b is [K, N] (trans_b = 0) or [N, K]
+ * (trans_b = 1). */
+int lt_attr_matmul(const float *a, const float *b, int M, int K, int N, int trans_b, float *out);
+/* out[i] = norm of row i of w [rows, cols]. */
+int lt_attr_row_norms(const float *w, int rows, int cols, float *out);
+/* out[rows, cols] = (x - mean) / sqrt(var + eps) per row (LayerNorm without
+ * its affine weights). out may equal x. */
+int lt_attr_ln_rows(const float *x, int rows, int cols, float eps, float *out);
+/* Per-head value write vectors of one attention layer: for key k and head h
+ * the vector vo = v[k, h, :] @ W_O[h] (W_O[h] = rows h*Dh..h*Dh+Dh-1 of
+ * wo [H*Dh, C]). norms[H, T] = |vo| and dots[H, T(q), T(k)] = vo . g[q],
+ * with v [T, H, Dh] (hook_v) and g [T, C] a residual-stream gradient. */
+int lt_attr_head_writes(const float *v, const float *wo, const float *g, int T, int H, int Dh, int C,
+                        float *norms, float *dots);
+
+/* --------------------------------------------------------------- training */
+
+typedef struct lt_adamw_opts {
+    float beta1, beta2, eps;
+    float weight_decay;       /* decoupled, on matrices only (not biases or LayerNorms) */
+    float grad_clip;          /* clip the global gradient norm to this; <= 0: no clipping */
+} lt_adamw_opts;
+
+/* One AdamW update of n parameters at step (1-based, for bias correction):
+ * m1 = b1 m1 + (1 - b1) g; m2 = b2 m2 + (1 - b2) g^2;
+ * p -= lr (m1_hat / (sqrt(m2_hat) + eps) + wd p), wd only where decay[i]
+ * (decay NULL: everywhere). */
+void lt_adamw_update(float *param, const float *grad, float *m1, float *m2, size_t n, float lr, const lt_adamw_opts *o,
+                     const unsigned char *decay, int step);
+/* Linear warmup over warmup steps to max_lr, then cosine decay to min_lr at
+ * total steps. */
+float lt_lr_schedule(int step, int warmup, int total, float max_lr, float min_lr);
+
+typedef struct lt_trainer lt_trainer;
+int lt_trainer_new(lt_model *m, const lt_adamw_opts *o, lt_trainer **out);
+void lt_trainer_free(lt_trainer *t);
+/* One step on ids [B, T] (mean next-token cross-entropy over all B*(T-1)
+ * targets): forward, backward, clipping, AdamW at learning rate lr. Reports
+ * the loss and the gradient norm before clipping. */
+int lt_trainer_step(lt_trainer *t, const int32_t *ids, int B, int T, float lr, double *loss, double *grad_norm);
+int lt_trainer_steps(const lt_trainer *t);
+/* Optimizer state (moments and step) for resuming, as a safetensors file. */
+int lt_trainer_save_state(const lt_trainer *t, const char *path);
+int lt_trainer_load_state(lt_trainer *t, const char *path);
+
 /* ffi-end */
 
 #ifdef __cplusplus
