@@ -486,6 +486,183 @@ int lt_trainer_steps(const lt_trainer *t);
 int lt_trainer_save_state(const lt_trainer *t, const char *path);
 int lt_trainer_load_state(lt_trainer *t, const char *path);
 
+/* ------------------------------------------------------------ BPE trainer */
+
+/* Trains a GPT-2 style byte-level BPE vocabulary on len bytes of text and
+ * writes vocab.json and merges.txt in the format lt_tokenizer_load reads.
+ *   - The text is cut at <|endoftext|> and at each string of special (those
+ *     strings are never merged into), then into pre-tokens by the same GPT-2
+ *     pattern the tokenizer uses; merges never cross a pre-token.
+ *   - Ids 0..255 are the 256 single bytes in GPT-2's order (the printable
+ *     bytes first, as in its vocab.json), so that any bytes encode. Then come
+ *     the learned merges, most frequent adjacent pair first (pair counts
+ *     weighted by pre-token frequency; ties go to the pair with the smaller
+ *     left id, then the smaller right id), then special[0..n_special) in
+ *     order, and <|endoftext|> is always the last id (vocab_size - 1).
+ *   - special may be NULL when n_special is 0; it must not list
+ *     <|endoftext|> again. Its strings are stored as given.
+ *   - vocab_size counts every id: 257 + n_special <= vocab_size <= 1000000.
+ *     Too little text to learn that many merges is an error telling the
+ *     largest vocab_size this text allows.
+ *   - The result depends only on the arguments (no randomness, no threads).
+ *   - Each file is written to path + ".tmp" and then renamed. */
+int lt_bpe_train(const char *text, size_t len, int vocab_size,
+                 const char *const *special, int n_special,
+                 const char *vocab_out, const char *merges_out);
+
+/* ------------------------------------------------------ benchmark helpers */
+
+/* GFLOP/s of a plain cblas_sgemm C[M, N] = A[M, K] @ B[K, N] (row-major),
+ * the best of reps timed calls after one warm-up call. `lantern bench`
+ * prints it next to its own figures, measured in the same run. */
+int lt_bench_sgemm(int M, int N, int K, int reps, double *gflops);
+
+/* ------------------------------------------------------ sparse autoencoders */
+
+/* A sparse autoencoder (SAE) on activations of width d_in with d_sae
+ * latents, in the SAELens parameterisation (docs/sae.md):
+ *   W_enc [d_in, d_sae], b_enc [d_sae], W_dec [d_sae, d_in], b_dec [d_in],
+ *   threshold [d_sae] (JumpReLU only).
+ *   pre   = (x - b_dec) W_enc + b_enc     (b_dec subtracted only when
+ *                                          apply_b_dec_to_input, the default)
+ *   z     = act(pre)
+ *   x_hat = z W_dec + b_dec
+ * act: LT_SAE_RELU ("standard") max(pre, 0); LT_SAE_TOPK the k largest
+ * pre-activations of each row (ties to the lower index) then ReLU, all else
+ * 0; LT_SAE_JUMPRELU pre where pre > threshold and pre > 0, else 0 (as
+ * SAELens: a negative threshold acts as 0).
+ * An SAE is read-only during encode and decode, so any number of threads
+ * may encode with one SAE at once; setters and lt_sae_param writes must not
+ * run concurrently with them. */
+enum { LT_SAE_RELU = 0, LT_SAE_TOPK = 1, LT_SAE_JUMPRELU = 2 };
+
+typedef struct lt_sae lt_sae;
+
+/* A new SAE with zero weights (see lt_sae_init_random). k is the TopK k
+ * (1 <= k <= d_sae) and is ignored for other architectures.
+ * apply_b_dec_to_input is on, normalize_activations "none", no hook. */
+int lt_sae_new(int64_t d_in, int64_t d_sae, int arch, int k, lt_sae **out);
+void lt_sae_free(lt_sae *sae);
+
+/* Random initialisation, deterministic for a seed: W_dec rows are Gaussian
+ * directions of unit norm, W_enc = W_dec^T, biases and thresholds zero. */
+int lt_sae_init_random(lt_sae *sae, uint64_t seed);
+
+int64_t lt_sae_d_in(const lt_sae *sae);
+int64_t lt_sae_d_sae(const lt_sae *sae);
+int lt_sae_architecture(const lt_sae *sae);      /* LT_SAE_* */
+int lt_sae_k(const lt_sae *sae);                 /* 0 unless TopK */
+int lt_sae_apply_b_dec_to_input(const lt_sae *sae);
+/* "none", "expected_average_only_in" or "constant_norm_rescale"; static. */
+const char *lt_sae_normalize_activations(const lt_sae *sae);
+/* The TransformerLens hook point and model the SAE was trained on (from the
+ * config's metadata), or NULL when unknown. Owned by the SAE; valid until
+ * the next setter call or lt_sae_free. */
+const char *lt_sae_hook_name(const lt_sae *sae);
+const char *lt_sae_model_name(const lt_sae *sae);
+
+/* Setters; name may be NULL (unknown). lt_sae_set_normalize_activations
+ * accepts the modes listed above and fails on others. */
+int lt_sae_set_hook_name(lt_sae *sae, const char *name);
+int lt_sae_set_model_name(lt_sae *sae, const char *name);
+int lt_sae_set_apply_b_dec_to_input(lt_sae *sae, int on);
+int lt_sae_set_normalize_activations(lt_sae *sae, const char *mode);
+
+/* A writable view of a parameter: "W_enc", "b_enc", "W_dec", "b_dec" or
+ * "threshold" (JumpReLU only), with the shapes above. Valid until
+ * lt_sae_free. */
+int lt_sae_param(lt_sae *sae, const char *name, lt_view *out);
+
+/* Encodes n rows: x [n, d_in] -> z [n, d_sae], and the pre-activations into
+ * z_pre [n, d_sae] when z_pre is not NULL (z_pre and z must not overlap).
+ * With normalize_activations "constant_norm_rescale" each row of x is first
+ * scaled to norm sqrt(d_in) (a zero row is left as it is). Allocates only a
+ * scratch buffer for the call. */
+int lt_sae_encode(const lt_sae *sae, const float *x, int64_t n, float *z_pre, float *z);
+
+/* Decodes n rows: z [n, d_sae] -> x_hat [n, d_in] = z W_dec + b_dec. When
+ * few latents are non-zero (as with TopK) only the rows of W_dec of the
+ * non-zero latents are read (docs/sae.md gives the measured cut-over).
+ * With "constant_norm_rescale" the result is in the normalised space; use
+ * lt_sae_forward to get it back at the input's scale. */
+int lt_sae_decode(const lt_sae *sae, const float *z, int64_t n, float *x_hat);
+
+/* Decodes n rows given as k (latent, value) pairs per row: idx and val are
+ * [n, k]; a negative index marks an unused slot. An index >= d_sae is an
+ * error (nothing is written then). */
+int lt_sae_decode_sparse(const lt_sae *sae, const int32_t *idx, const float *val, int k,
+                         int64_t n, float *x_hat);
+
+/* Encode then decode: z [n, d_sae] (required) and x_hat [n, d_in], with
+ * constant_norm_rescale undone on x_hat as SAELens does. */
+int lt_sae_forward(const lt_sae *sae, const float *x, int64_t n, float *z, float *x_hat);
+
+/* Folds a scalar input scaling (SAELens's norm_scaling_factor for
+ * "expected_average_only_in" releases) into the weights: W_enc *= s,
+ * W_dec /= s, b_dec /= s; normalize_activations becomes "none". s > 0. */
+int lt_sae_fold_norm_scaling_factor(lt_sae *sae, float s);
+
+/* Loads a SAELens directory: cfg.json and sae_weights.safetensors (F32, F16
+ * or BF16). Architectures "standard", "topk" (k top level or in
+ * activation_fn_kwargs) and "jumprelu"; hook_name and model_name from
+ * "metadata" or the top level (older releases); a "scaling_factor" tensor
+ * (finetuning_scaling_factor) is folded into W_dec. Errors name the file and
+ * field or tensor: a missing file, bad JSON, an unknown architecture or
+ * normalisation, a missing or wrongly shaped tensor, a missing k. */
+int lt_sae_load(const char *dir, lt_sae **out);
+/* Writes cfg.json and sae_weights.safetensors (F32) into dir, creating it
+ * and its parents if needed. Fields of a loaded cfg.json that lantern does
+ * not use are kept. Loading the result gives the same SAE exactly. */
+int lt_sae_save(const lt_sae *sae, const char *dir);
+/* The cfg.json that lt_sae_save would write, as a NUL-terminated string
+ * (caller frees with lt_free). */
+int lt_sae_cfg_json(const lt_sae *sae, char **out);
+
+/* ------------------------------------------------------------ LLM client */
+
+/* A client for OpenAI-compatible HTTP APIs (OpenAI, vLLM, llama.cpp's
+ * server, Ollama), core/src/llm.c. It only moves JSON text: building
+ * requests, parsing responses and the response cache live in Lua
+ * (lua/lantern/llm.lua, docs/interp.md). */
+typedef struct lt_llm lt_llm;
+
+/* Zero fields take the default shown. */
+typedef struct lt_llm_opts {
+    int timeout_s;        /* whole-request limit per attempt (60) */
+    int max_retries;      /* retries after the first attempt; 0 = default (5), < 0 = none */
+    int max_concurrency;  /* requests in flight at once (4) */
+    int backoff_ms;       /* delay before the first retry (1000); doubles per retry */
+    int backoff_max_ms;   /* ceiling of the delay (10000) */
+} lt_llm_opts;
+
+/* base_url is the API root ("https://api.openai.com/v1"; a trailing '/' is
+ * ignored); api_key may be NULL or "" (no Authorization header). opts may
+ * be NULL. Opens no connection. */
+int lt_llm_new(const char *base_url, const char *api_key, const lt_llm_opts *opts, lt_llm **out);
+void lt_llm_free(lt_llm *c);
+
+/* POSTs n JSON bodies, bodies[i] to base_url + paths[i] ("/chat/completions"
+ * or "/completions"), at most max_concurrency at a time. HTTP 429, 5xx,
+ * connection failures, truncated bodies and timeouts are retried after a
+ * delay of backoff_ms * 2^k (at most backoff_max_ms, at least a
+ * Retry-After the server sent, within that ceiling), scaled by a random
+ * factor in [0.5, 1]; other statuses (400, 404, 415...) are final at once.
+ * Per request i, whatever happens to the others:
+ *   status[i]    the final HTTP status, 0 when no response arrived;
+ *   responses[i] the final response body (any status; NUL-terminated), or
+ *                NULL when none arrived;
+ *   errors[i]    NULL on a 2xx status, else a message naming the URL, the
+ *                status or transport error and the attempts made.
+ * The caller frees every non-NULL responses[i] and errors[i] with lt_free.
+ * LT_ERR only for bad arguments or when curl cannot be set up (then no
+ * output is set). */
+int lt_llm_request_batch(lt_llm *c, int n, const char *const *paths, const char *const *bodies,
+                         char **responses, int *status, char **errors);
+
+/* SHA-256 of len bytes as 64 lowercase hex digits and a NUL in hex[65]
+ * (the key of the LLM response cache). */
+void lt_sha256_hex(const void *data, size_t len, char *hex);
+
 /* ffi-end */
 
 #ifdef __cplusplus

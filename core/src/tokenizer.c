@@ -17,6 +17,7 @@
  * only read it.
  */
 #include "internal.h"
+#include "pretokenize.h"
 #include "unicode_classes.h"
 
 #include <cjson/cJSON.h>
@@ -454,6 +455,8 @@ static size_t pretoken_end(const unsigned char *s, size_t n, size_t i) {
     if (k < n && last > i) return last;
     return k;
 }
+
+size_t lt_pretoken_end(const unsigned char *s, size_t n, size_t i) { return pretoken_end(s, n, i); }
 
 /* ------------------------------------------------------------ output and cache */
 

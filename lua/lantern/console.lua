@@ -51,10 +51,11 @@ local function short(v)
 end
 
 -- Keys in a stable order: the array part 1..n first, then numbers, then
--- strings, then anything else.
+-- strings, then anything else. Raw access throughout: an __index function
+-- could answer for every key.
 local function ordered_keys(t)
   local n = 0
-  while t[n + 1] ~= nil do n = n + 1 end
+  while rawget(t, n + 1) ~= nil do n = n + 1 end
   local rest = {}
   for k in pairs(t) do
     if not (type(k) == "number" and k >= 1 and k <= n and k == math.floor(k)) then rest[#rest + 1] = k end
@@ -80,13 +81,13 @@ function M.format(v)
   local total = n + #rest
   for i = 1, n do
     if shown == max_entries then break end
-    parts[#parts + 1] = short(v[i])
+    parts[#parts + 1] = short(rawget(v, i))
     shown = shown + 1
   end
   for _, k in ipairs(rest) do
     if shown == max_entries then break end
     local key = is_identifier(k) and k or "[" .. short(k) .. "]"
-    parts[#parts + 1] = key .. " = " .. short(v[k])
+    parts[#parts + 1] = key .. " = " .. short(rawget(v, k))
     shown = shown + 1
   end
   if total > shown then parts[#parts + 1] = string.format("... (%d more)", total - shown) end
@@ -263,22 +264,23 @@ pcall(ffi.cdef, "lt_sighandler_t signal(int sig, lt_sighandler_t handler);")
 
 function M.stdin_is_tty() return ffi.C.isatty(0) == 1 end
 
--- Ctrl-C. luajit runs a script with a SIGINT handler that makes the running
--- Lua code raise "interrupted!" (and resets itself to the default, which
--- kills the process). The console keeps that handler and puts it back for
--- every command, so Ctrl-C stops a long command and the console goes on; at
--- the prompt SIGINT is ignored (Ctrl-U clears a line, Ctrl-D leaves).
+-- Ctrl-C. luajit runs a script with a SIGINT handler that arms a hook
+-- making the running Lua code raise "interrupted!", and then resets SIGINT
+-- to the default (which kills the process, the way out of a compiled loop
+-- that never sees the hook). The console saves that handler and puts it
+-- back before every prompt and every command: Ctrl-C at the prompt drops
+-- the line, during a command it stops the command.
 local SIGINT = 2
-local SIG_IGN = ffi.cast("lt_sighandler_t", 1)
-local on_interrupt, saved = nil, false
+local SIG_DFL = ffi.cast("lt_sighandler_t", 0)
+local saved   -- {handler}, boxed: a NULL handler (SIG_DFL) would compare equal to nil
 
-local function ignore_interrupts()
-  local previous = ffi.C.signal(SIGINT, SIG_IGN)
-  if not saved then on_interrupt, saved = previous, true end
+local function arm_interrupts()
+  if not saved then saved = {ffi.C.signal(SIGINT, SIG_DFL)} end   -- reads the current one
+  ffi.C.signal(SIGINT, saved[1])
 end
 
-local function allow_interrupts()
-  if saved then ffi.C.signal(SIGINT, on_interrupt) end
+local function is_interrupt(e)
+  return type(e) == "string" and e:find("interrupted!", 1, true) ~= nil
 end
 
 -- Reads stdin to its end without prompts; returns the number of chunks
@@ -307,21 +309,34 @@ local function run_interactive(session)
   end
   io.stdout:write(string.format("lantern %s console on %s. `lt` is require(\"lantern\"); Ctrl-D leaves.\n",
                                 session.env.lt and session.env.lt.version or "?", jit.version))
-  while true do
-    ignore_interrupts()
-    local line = read(session:current_prompt())
+  local finished = false
+  local function step()
+    arm_interrupts()
+    local line, at_new_line = read(session:current_prompt())
     if line == nil then
       -- Ctrl-D: leaves at the main prompt, abandons an unfinished chunk.
-      io.stdout:write("\n")
-      if not session.pending then break end
+      if not at_new_line then io.stdout:write("\n") end
+      if not session.pending then finished = true return end
       session:finish()
-    else
-      if rl and line:match("%S") then rl.add_history(line, history) end
-      allow_interrupts()
-      session:feed(line)
+      return
+    end
+    if rl and line:match("%S") then rl.add_history(line, history) end
+    arm_interrupts()
+    -- A paste (bracketed-paste mode) can hold several lines: take them one
+    -- at a time, as if typed.
+    for piece in (line .. "\n"):gmatch("(.-)\n") do session:feed(piece) end
+  end
+  while not finished do
+    -- Commands run protected inside feed; this catches an interrupt while
+    -- reading (or between the two): drop the partial input, new prompt.
+    local ok, e = pcall(step)
+    if not ok then
+      if not is_interrupt(e) then error(e, 0) end
+      if rl then rl.cancel() end
+      session.pending = nil
+      io.stdout:write("\n")
     end
   end
-  allow_interrupts()
   return 0
 end
 

@@ -39,6 +39,8 @@ local declarations = {
   "extern const char *rl_basic_word_break_characters;",
   "extern int rl_attempted_completion_over;",
   "extern int rl_completion_append_character;",
+  "extern int rl_eof_found;",
+  "char *rl_variable_value(const char *name);",
   "void using_history(void);",
   "void add_history(const char *line);",
   "void stifle_history(int max);",
@@ -53,6 +55,7 @@ local lib            -- the loaded library, once open() succeeded
 local keep = {}      -- C strings and callbacks readline holds on to: never collected
 local history_max = 1000
 local line, done     -- what the line handler received for the current read
+local eof_newline    -- readline itself ended the line at Ctrl-D
 
 -- Loads libreadline.so.8. Returns the module, or nil and a message.
 function M.open()
@@ -68,6 +71,15 @@ function M.open()
     if p ~= nil then
       line = ffi.string(p)
       ffi.C.free(p)
+    else
+      -- At Ctrl-D, readline 8.2 in bracketed-paste mode (the default on a
+      -- capable terminal) has printed a newline while restoring the
+      -- terminal, and would print another at the next line while this flag
+      -- stays set. Clear it (pcall: older versions lack it) and tell the
+      -- caller whether the line was ended already.
+      local v = lib.rl_variable_value("enable-bracketed-paste")
+      eof_newline = v ~= nil and ffi.string(v) == "on"
+      pcall(function() lib.rl_eof_found = 0 end)
     end
     done = true
     lib.rl_callback_handler_remove()   -- also puts the terminal back
@@ -77,9 +89,10 @@ function M.open()
 end
 
 -- Reads one line with editing, showing prompt. Returns the line (without
--- its newline) or nil at end of input.
+-- its newline), or nil at end of input and whether readline has moved to a
+-- new line then.
 function M.readline(prompt)
-  line, done = nil, false
+  line, done, eof_newline = nil, false, false
   lib.rl_callback_handler_install(prompt, keep.handler)
   local pfd = keep.pollfd
   pfd[0].fd, pfd[0].events = 0, POLLIN
@@ -88,6 +101,7 @@ function M.readline(prompt)
     -- has then armed a hook that raises "interrupted!" right here.
     if ffi.C.poll(pfd, 1, -1) > 0 then lib.rl_callback_read_char() end
   end
+  if line == nil then return nil, eof_newline end
   return line
 end
 -- readline calls back into Lua (line handler, completion); LuaJIT forbids

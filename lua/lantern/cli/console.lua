@@ -7,8 +7,9 @@ An interactive LuaJIT console with `lt` = require("lantern") loaded.
 Expressions show their value (tables shallowly, Tensors via tostring) and
 `_` holds the last one; a chunk that is not finished continues on the next
 line (prompt ".. "); errors are printed and the console goes on. Ctrl-D
-leaves (at the ".. " prompt it drops the unfinished chunk); Ctrl-C stops a
-running command. Tab completes global names, fields and methods.
+leaves (at the ".. " prompt it drops the unfinished chunk); Ctrl-C drops the
+line being typed or stops a running command. Tab completes global names,
+fields and methods.
 
 On a terminal, lines are edited with readline (libreadline.so.8) and kept in
 ~/.lantern_history ($LANTERN_HISTORY names another file; empty: none).
