@@ -178,6 +178,9 @@ enum {
     LT_HOOK_LN2_SCALE, LT_HOOK_LN2_NORMALIZED,
     LT_HOOK_MLP_PRE, LT_HOOK_MLP_POST, LT_HOOK_MLP_OUT, LT_HOOK_RESID_POST,
     LT_HOOK_LNF_SCALE, LT_HOOK_LNF_NORMALIZED,
+    /* points added by an attached SAE (lt_model_attach_sae), named
+     * "<point>.hook_sae_acts_pre" and so on; layer = the attached point's */
+    LT_HOOK_SAE_ACTS_PRE, LT_HOOK_SAE_ACTS_POST, LT_HOOK_SAE_RECONS, LT_HOOK_SAE_ERROR,
     LT_HOOK_NKINDS
 };
 
@@ -618,6 +621,23 @@ int lt_sae_save(const lt_sae *sae, const char *dir);
  * (caller frees with lt_free). */
 int lt_sae_cfg_json(const lt_sae *sae, char **out);
 
+/* Splicing an SAE into a model (sae_splice.c). At the hook point the
+ * activation x is replaced by decode(z') + (x - decode(z)), where z is the
+ * SAE's code of x and z' is z after the hooks at <point>.hook_sae_acts_post
+ * (with use_error_term = 0: by decode(z') alone). Unedited, a run is then
+ * unchanged up to float rounding, and zeroing latent l moves the output by
+ * exactly -z_l W_dec[l]. Adds the hook points <point>.hook_sae_acts_pre
+ * [B, T, d_sae] (read-only: edits there do not change z),
+ * .hook_sae_acts_post [B, T, d_sae], .hook_sae_recons [B, T, d_in] and
+ * .hook_sae_error [B, T, d_in]. In the backward pass the error term is a
+ * constant, so the gradient reaches the input unchanged (with the error
+ * term) and the latents receive g W_dec^T. The model borrows sae until
+ * lt_model_detach_saes or lt_model_free; one SAE per hook point. */
+int lt_model_attach_sae(lt_model *m, int point, lt_sae *sae, int use_error_term);
+/* Detaches every SAE (their hook points disappear). */
+void lt_model_detach_saes(lt_model *m);
+int lt_model_sae_count(const lt_model *m);
+
 /* ------------------------------------------------------------ LLM client */
 
 /* A client for OpenAI-compatible HTTP APIs (OpenAI, vLLM, llama.cpp's
@@ -662,6 +682,64 @@ int lt_llm_request_batch(lt_llm *c, int n, const char *const *paths, const char 
 /* SHA-256 of len bytes as 64 lowercase hex digits and a NUL in hex[65]
  * (the key of the LLM response cache). */
 void lt_sha256_hex(const void *data, size_t len, char *hex);
+
+/* ------------------------------------------------------------------ miner */
+
+/* The dataset miner (core/src/miner.c, docs/mining.md): one streaming pass
+ * over windows of a dataset keeps, for every node of the chosen kinds and
+ * layers, its top windows by maximum activation, a uniform random sample of
+ * windows, samples from quantile bins of the window maxima and the moments
+ * of all its token activations; lt_miner_write stores them as record sets
+ * (kinds "mlp_neuron": mlp.hook_post; "attn_head": per query position the
+ * attention-weighted write norm sum_k pattern[h,q,k] |v[k,h] W_O[h]|, with
+ * the key of the largest term in the record's extra array). Memory:
+ * nodes x (top_n + n_random + 4 n_per_bin) x window x (8 or 12) bytes, plus
+ * nodes x quantile_windows floats until the bin boundaries are fixed. */
+
+/* Node kinds to mine (a mask). LT_MINE_SAE is reserved for SAE latents. */
+enum { LT_MINE_MLP = 1, LT_MINE_ATTN = 2, LT_MINE_SAE = 4 };
+
+typedef struct lt_miner_opts {
+    int window;             /* tokens per window (T); default 64 */
+    int top_n;              /* top windows per node; default 20 */
+    int n_random;           /* random sample of windows (shared by all nodes); default 20 */
+    int n_per_bin;          /* random windows kept per quantile bin; default 5 */
+    int quantile_windows;   /* bin boundaries come from the maxima of the first this many windows; default 1024 */
+    unsigned kinds;         /* LT_MINE_* mask; default LT_MINE_MLP */
+    int layer_lo, layer_hi; /* inclusive; layer_hi -1 = the last layer; default all */
+    uint64_t seed;          /* the random choices are a function of (seed, node, window count) */
+} lt_miner_opts;
+
+typedef struct lt_miner lt_miner;
+
+void lt_miner_default_opts(lt_miner_opts *o);
+/* A miner for model m (borrowed; it must outlive the miner; the miner runs
+ * its own lt_run). opts NULL: the defaults. */
+int lt_miner_new(lt_model *m, const lt_miner_opts *opts, lt_miner **out);
+void lt_miner_free(lt_miner *mn);
+/* One forward pass over B windows (ids [B, T], T = opts.window) with ids
+ * first_window, first_window + 1, ... in the dataset, then every node's
+ * update. The result depends only on the sequence of windows fed, not on
+ * how they are split into feeds or on the thread count. */
+int lt_miner_feed(lt_miner *mn, const int32_t *ids, int B, int T, int64_t first_window);
+/* Windows fed so far (after a resume: including the resumed ones). */
+int64_t lt_miner_windows(const lt_miner *mn);
+int lt_miner_node_count(const lt_miner *mn);
+/* The current record set of one node (kind LT_MINE_MLP or LT_MINE_ATTN),
+ * as lt_miner_write would store it; caller frees with lt_free. */
+int lt_miner_record(lt_miner *mn, int kind, int layer, int index, lt_record_set **out);
+/* In one store transaction (it begins and commits it, so no batch may be
+ * open): every node's record set under rec/<model>/..., the miner state
+ * under run/mine/<model>/state and, when info is not NULL, the text info
+ * under run/mine/<model>/info. A process killed at any moment leaves the
+ * previous write or this one, whole. */
+int lt_miner_write(lt_miner *mn, lt_store *st, const char *model, const char *info);
+/* Restores a fresh miner (made with the same options) from the last
+ * lt_miner_write for model: LT_OK, LT_STORE_NOT_FOUND (no state), or LT_ERR
+ * (other options, records that disagree with the state, damage). Feeding
+ * the windows after lt_miner_windows() then gives the store contents of an
+ * uninterrupted run. */
+int lt_miner_resume(lt_miner *mn, lt_store *st, const char *model);
 
 /* ffi-end */
 

@@ -33,10 +33,11 @@ static float *pgrad(const bw *s, const float *param) {
 }
 
 /* Called where the gradient of a hook point is complete: adds the seeds
- * placed there and applies the point's interventions to the gradient. */
-static int at_point(bw *s, int kind, int layer, float *g) {
+ * placed there and applies the point's interventions to the gradient; at a
+ * point with an SAE spliced in, continues through the SAE to its input. */
+static int at_point_id(void *ctx, int point, float *g) {
+    bw *s = ctx;
     lt_run *r = s->r;
-    int point = lt_point(r->m, kind, layer);
     lt_view v;
     if (lt_hook_shape(r->m, point, r->B, r->T, &v)) return LT_ERR;
     v.data = g;
@@ -54,7 +55,13 @@ static int at_point(bw *s, int kind, int layer, float *g) {
         if (mask.op != LT_IV_SCALE) mask.op = LT_IV_ZERO;
         if (lt_intervention_apply(r->m, point, &mask, &v)) return LT_ERR;
     }
+    int a = point < r->m->n_static_hooks ? lt_sae_at(r->m, point) : -1;
+    if (a >= 0) return lt_sae_splice_backward(r, a, g, at_point_id, s);
     return LT_OK;
+}
+
+static int at_point(bw *s, int kind, int layer, float *g) {
+    return at_point_id(s, lt_point(s->r->m, kind, layer), g);
 }
 
 #define AT(kind, layer, g) do { if (at_point(s, (kind), (layer), (g))) return LT_ERR; } while (0)

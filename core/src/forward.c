@@ -94,6 +94,7 @@ int lt_forward_ex(lt_run *r, const int32_t *ids, int B, int T, int keep_all, flo
         if (ids[i] < 0 || ids[i] >= c->d_vocab)
             return lt_fail("token id %d at position %lld is out of range (d_vocab = %d)", ids[i], (long long)(i % T), c->d_vocab);
 
+    if (lt_run_sync_points(r)) return LT_ERR;
     int with_result = 0;
     for (int l = 0; l < c->n_layer && r->any_hooks; l++)
         if (lt_run_point_active(r, lt_point(m, LT_HOOK_RESULT, l))) with_result = 1;

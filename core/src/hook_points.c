@@ -20,7 +20,7 @@ static const char *layer_suffix[LT_KINDS_PER_LAYER] = {
 
 int lt_hook_names_build(lt_model *m) {
     int L = m->cfg.n_layer;
-    m->n_hooks = 2 + L * LT_KINDS_PER_LAYER + 2;
+    m->n_hooks = m->n_static_hooks = 2 + L * LT_KINDS_PER_LAYER + 2;
     m->hook_names = calloc((size_t)m->n_hooks, sizeof(char *));
     if (!m->hook_names) return lt_fail("out of memory");
     char buf[96];
@@ -55,6 +55,7 @@ const char *lt_hook_name(const lt_model *m, int point) {
 int lt_hook_kind(const lt_model *m, int point) {
     int L = m->cfg.n_layer;
     if (point < 0 || point >= m->n_hooks) return -1;
+    if (point >= m->n_static_hooks) return LT_HOOK_SAE_ACTS_PRE + (point - m->n_static_hooks) % 4;
     if (point < 2) return point == 0 ? LT_HOOK_EMBED : LT_HOOK_POS_EMBED;
     if (point >= 2 + L * LT_KINDS_PER_LAYER) return LT_HOOK_LNF_SCALE + (point - 2 - L * LT_KINDS_PER_LAYER);
     return LT_HOOK_RESID_PRE + (point - 2) % LT_KINDS_PER_LAYER;
@@ -62,6 +63,8 @@ int lt_hook_kind(const lt_model *m, int point) {
 
 int lt_hook_layer(const lt_model *m, int point) {
     int L = m->cfg.n_layer;
+    if (point >= m->n_static_hooks && point < m->n_hooks)
+        return lt_hook_layer(m, m->saes[(point - m->n_static_hooks) / 4].point);
     if (point < 2 || point >= 2 + L * LT_KINDS_PER_LAYER) return -1;
     return (point - 2) / LT_KINDS_PER_LAYER;
 }
@@ -86,6 +89,21 @@ int lt_hook_find(const lt_model *m, const char *name) {
                 if (!strcmp(end + 1, layer_suffix[k])) return lt_point(m, LT_HOOK_RESID_PRE + k, (int)layer);
         }
     }
+    /* "<point>.hook_sae_acts_post" and friends of an attached SAE */
+    const char *sae = strstr(name, ".hook_sae_");
+    if (sae && m->n_saes) {
+        char prefix[160];
+        size_t n = (size_t)(sae - name);
+        if (n < sizeof prefix) {
+            memcpy(prefix, name, n);
+            prefix[n] = '\0';
+            int base = lt_hook_find(m, prefix);
+            int a = base >= 0 ? lt_sae_at(m, base) : -1;
+            static const char *suffix[4] = {"acts_pre", "acts_post", "recons", "error"};
+            for (int k = 0; a >= 0 && k < 4; k++)
+                if (!strcmp(sae + 10, suffix[k])) return m->n_static_hooks + 4 * a + k;
+        }
+    }
     lt_fail("unknown hook point '%s'", name);
     return -1;
 }
@@ -105,6 +123,10 @@ int lt_hook_shape(const lt_model *m, int point, int B, int T, lt_view *out) {
     case LT_HOOK_ATTN_SCORES: case LT_HOOK_PATTERN:
         s[1] = c->n_head; s[2] = T; s[3] = T; nd = 4; break;
     case LT_HOOK_MLP_PRE: case LT_HOOK_MLP_POST: s[2] = c->d_mlp; break;
+    case LT_HOOK_SAE_ACTS_PRE: case LT_HOOK_SAE_ACTS_POST:
+        s[2] = m->saes[(point - m->n_static_hooks) / 4].d_sae; break;
+    case LT_HOOK_SAE_RECONS: case LT_HOOK_SAE_ERROR:
+        s[2] = m->saes[(point - m->n_static_hooks) / 4].d_in; break;
     default: s[2] = c->n_embd;
     }
     out->ndim = nd;

@@ -167,6 +167,7 @@ void lt_model_free(lt_model *m) {
     free(m->table);
     free(m->blocks);
     lt_hook_names_free(m);
+    free(m->saes);
     free(m);
 }
 

@@ -49,7 +49,27 @@ struct lt_model {
 
     char **hook_names;         /* [n_hooks], canonical TransformerLens names */
     int n_hooks;
+    int n_static_hooks;        /* points of the model itself; SAE points follow */
+
+    struct lt_sae_attachment *saes;   /* [n_saes] */
+    int n_saes;
 };
+
+/* An SAE spliced in at a hook point; its four hook points are numbered
+ * n_static_hooks + 4 * i + (kind - LT_HOOK_SAE_ACTS_PRE). */
+typedef struct lt_sae_attachment {
+    int point;
+    lt_sae *sae;
+    int use_error;
+    int64_t d_in, d_sae;
+} lt_sae_attachment;
+
+/* The attachment index at a static point, or -1. */
+static inline int lt_sae_at(const lt_model *m, int point) {
+    for (int i = 0; i < m->n_saes; i++)
+        if (m->saes[i].point == point) return i;
+    return -1;
+}
 
 /* Hook point numbering: 0 hook_embed, 1 hook_pos_embed, then per layer the
  * kinds LT_HOOK_RESID_PRE..LT_HOOK_RESID_POST, then the two ln_final points. */
@@ -131,7 +151,12 @@ struct lt_run {
     int32_t *ids;                  /* [B, T] of the last forward */
     size_t ids_cap;
 
-    lt_point_state *points;        /* [n_hooks] */
+    lt_point_state *points;        /* [n_points] */
+    int n_points;                  /* m->n_hooks when the points were last synced */
+
+    /* per SAE attachment, [N, d_sae] or [N, d_in] buffers of the last pass */
+    struct lt_sae_bufs *sae_bufs;
+    int n_sae_bufs;
     int any_hooks;                 /* fast path: nothing attached anywhere */
 };
 
@@ -144,6 +169,16 @@ int lt_run_reserve_grads(lt_run *r);
 float *lt_acts_point(const lt_run *r, const lt_acts *a, int point);
 /* Forward pass; keep_all keeps every block's activations for backward. */
 int lt_forward_ex(lt_run *r, const int32_t *ids, int B, int T, int keep_all, float **logits);
+/* Grows r->points when SAEs added hook points to the model. */
+int lt_run_sync_points(lt_run *r);
+/* The SAE splice at an attached point (forward), and its backward: g is
+ * the gradient at the point's output, replaced by the gradient at its input. */
+int lt_sae_splice_forward(lt_run *r, int attachment, float *x);
+typedef int (*lt_point_grad_fn)(void *ctx, int point, float *grad);
+int lt_sae_splice_backward(lt_run *r, int attachment, float *g, lt_point_grad_fn at_point, void *ctx);
+/* Buffers of SAE points (activations, or gradients when grad). */
+float *lt_sae_point_data(const lt_run *r, int point, int grad);
+void lt_sae_bufs_free(lt_run *r);
 /* Runs the hooks of point on data (shape from lt_hook_shape at r->B, r->T). */
 int lt_run_hook(lt_run *r, int point, float *data);
 /* Whether a point has callbacks or interventions (an edit may happen). */

@@ -19,6 +19,7 @@ int lt_run_new(lt_model *m, lt_run **out) {
     r->a.blocks = calloc(L, sizeof(lt_block_acts));
     r->g.blocks = calloc(L, sizeof(lt_block_acts));
     r->points = calloc((size_t)m->n_hooks, sizeof *r->points);
+    r->n_points = m->n_hooks;
     if (!r->a.resid || !r->g.resid || !r->a.blocks || !r->g.blocks || !r->points) {
         lt_run_free(r);
         return lt_fail("out of memory");
@@ -29,8 +30,9 @@ int lt_run_new(lt_model *m, lt_run **out) {
 
 void lt_run_free(lt_run *r) {
     if (!r) return;
+    lt_sae_bufs_free(r);
     if (r->points) {
-        for (int p = 0; p < r->m->n_hooks; p++) {
+        for (int p = 0; p < r->n_points; p++) {
             free(r->points[p].entries);
             lt_free(r->points[p].captured);
         }
@@ -156,6 +158,8 @@ float *lt_acts_point(const lt_run *r, const lt_acts *a, int point) {
     case LT_HOOK_RESID_POST: return a->resid[l + 1];
     case LT_HOOK_LNF_SCALE: return a->lnf_scale;
     case LT_HOOK_LNF_NORMALIZED: return a->lnf_norm;
+    case LT_HOOK_SAE_ACTS_PRE: case LT_HOOK_SAE_ACTS_POST: case LT_HOOK_SAE_RECONS: case LT_HOOK_SAE_ERROR:
+        return lt_sae_point_data(r, point, a == &r->g);
     default: return NULL;
     }
 }
@@ -187,14 +191,35 @@ void lt_run_keep_activations(lt_run *r, int on) { r->want_keep = on != 0; }
 
 static int check_point_range(const lt_run *r, int point);
 static int check_point(const lt_run *r, int point) { return check_point_range(r, point); }
+static void update_any(lt_run *r);
+
+int lt_run_sync_points(lt_run *r) {
+    int n = r->m->n_hooks;
+    if (n == r->n_points) return LT_OK;
+    /* SAE points come and go at the end of the numbering */
+    for (int p = n; p < r->n_points; p++) {
+        free(r->points[p].entries);
+        lt_free(r->points[p].captured);
+    }
+    lt_point_state *np = realloc(r->points, (size_t)n * sizeof *np);
+    if (!np) return lt_fail("out of memory");
+    if (n > r->n_points) memset(np + r->n_points, 0, (size_t)(n - r->n_points) * sizeof *np);
+    r->points = np;
+    r->n_points = n;
+    if (r->m->n_saes < r->n_sae_bufs) lt_sae_bufs_free(r);
+    update_any(r);
+    return LT_OK;
+}
+
 static int check_point_range(const lt_run *r, int point) {
+    if (lt_run_sync_points((lt_run *)r)) return LT_ERR;
     if (point < 0 || point >= r->m->n_hooks) return lt_fail("hook point %d out of range (0..%d)", point, r->m->n_hooks - 1);
     return LT_OK;
 }
 
 static void update_any(lt_run *r) {
-    r->any_hooks = 0;
-    for (int p = 0; p < r->m->n_hooks; p++)
+    r->any_hooks = r->m->n_saes > 0;
+    for (int p = 0; p < r->n_points; p++)
         if (r->points[p].n_entries || r->points[p].capture) r->any_hooks = 1;
 }
 
@@ -238,7 +263,7 @@ int lt_run_add_intervention(lt_run *r, int point, const lt_intervention *iv) {
 }
 
 void lt_run_clear_hooks(lt_run *r) {
-    for (int p = 0; p < r->m->n_hooks; p++) r->points[p].n_entries = 0;
+    for (int p = 0; p < r->n_points; p++) r->points[p].n_entries = 0;
     update_any(r);
 }
 
@@ -250,7 +275,7 @@ int lt_run_capture(lt_run *r, int point, int on) {
 }
 
 void lt_run_clear_captures(lt_run *r) {
-    for (int p = 0; p < r->m->n_hooks; p++) {
+    for (int p = 0; p < r->n_points; p++) {
         r->points[p].capture = 0;
         lt_free(r->points[p].captured);
         r->points[p].captured = NULL;
@@ -275,7 +300,8 @@ int lt_run_point_active(const lt_run *r, int point) {
 
 int lt_run_hook(lt_run *r, int point, float *data) {
     lt_point_state *ps = &r->points[point];
-    if (!ps->n_entries && !ps->capture) return LT_OK;
+    int sae = point < r->m->n_static_hooks && r->m->n_saes ? lt_sae_at(r->m, point) : -1;
+    if (!ps->n_entries && !ps->capture) return sae >= 0 ? lt_sae_splice_forward(r, sae, data) : LT_OK;
     lt_view v;
     if (lt_hook_shape(r->m, point, r->B, r->T, &v)) return LT_ERR;
     v.data = data;
@@ -299,5 +325,5 @@ int lt_run_hook(lt_run *r, int point, float *data) {
         ps->captured_view = v;
         ps->captured_view.data = ps->captured;
     }
-    return LT_OK;
+    return sae >= 0 ? lt_sae_splice_forward(r, sae, data) : LT_OK;
 }

@@ -346,6 +346,31 @@ function Model:hooks(list, fn)
   return unpack(res, 2)
 end
 
+-- Splices an SAE (lt.sae) into the model at its hook point (sae.hook_name,
+-- or opts.hook): every later run passes that activation through the SAE,
+-- and the latents appear as hook points "<hook>.hook_sae_acts_post" (and
+-- _acts_pre, _recons, _error). opts.use_error_term (default true) keeps the
+-- SAE's error so that an unedited run is unchanged. Returns the hook name.
+function Model:attach_sae(sae, opts)
+  opts = opts or {}
+  if opts.hook then sae:set_hook_name(opts.hook) end
+  local point = sae:check_model(self)
+  local use_error = opts.use_error_term ~= false
+  F.check(C.lt_model_attach_sae(self.ptr, point, sae.ptr, use_error and 1 or 0), "attach_sae")
+  self._saes = self._saes or {}
+  table.insert(self._saes, {sae = sae, hook = ffi.string(C.lt_hook_name(self.ptr, point)), use_error_term = use_error})
+  return self._saes[#self._saes].hook
+end
+
+-- Detaches every SAE.
+function Model:detach_saes()
+  C.lt_model_detach_saes(self.ptr)
+  self._saes = {}
+end
+
+-- The attached SAEs: a list of {sae, hook, use_error_term}.
+function Model:saes() return self._saes or {} end
+
 -- The id of a hook point name (negative layers allowed); error if unknown.
 function Model:hook_point(name)
   local p = C.lt_hook_find(self.ptr, name)
