@@ -108,18 +108,6 @@ static uint64_t hash_pair(int32_t a, int32_t b) {
     return k ^ (k >> 31);
 }
 
-/* Makes *p hold at least need elements of size elem (doubling). 0 on
- * success; on failure *p is unchanged. */
-static int grow(void **p, size_t *cap, size_t need, size_t elem) {
-    if (need <= *cap) return 0;
-    size_t c = *cap ? *cap : 64;
-    while (c < need) c *= 2;
-    void *q = realloc(*p, c * elem);
-    if (!q) return -1;
-    *p = q;
-    *cap = c;
-    return 0;
-}
 
 /* A fresh open-addressing table of 2^k >= 2n slots, every byte set to fill
  * (0 or 0xff); *mask receives its size - 1. */
@@ -132,18 +120,12 @@ static void *new_table(size_t n, size_t elem, int fill, size_t *mask) {
     return t;
 }
 
-/* GPT-2's bytes_to_unicode: bytes 33..126, 161..172 and 174..255 stand for
- * themselves, the other 68 move to U+0100, U+0101, ... in byte order. GPT-2
- * numbers the 256 base tokens in code-point order of these characters, which
- * is what byte_of_id lists. */
+/* GPT-2 numbers the 256 base tokens in code-point order of their
+ * byte-level characters (lt_byte_level_map), which is what byte_of_id lists. */
 static void byte_tables(uint32_t cp_of_byte[256], unsigned char byte_of_id[256]) {
-    uint32_t next = 256;
+    lt_byte_level_map(cp_of_byte);
     int n_kept = 0;
-    for (int b = 0; b < 256; b++) {
-        int keep = (b >= 33 && b <= 126) || (b >= 161 && b <= 172) || b >= 174;
-        cp_of_byte[b] = keep ? (uint32_t)b : next++;
-        n_kept += keep;
-    }
+    for (int b = 0; b < 256; b++) n_kept += cp_of_byte[b] == (uint32_t)b;
     int k = 0, m = n_kept;
     for (int b = 0; b < 256; b++) {
         if (cp_of_byte[b] == (uint32_t)b) byte_of_id[k++] = (unsigned char)b;
@@ -166,8 +148,8 @@ static int add_word(struct trainer *t, const unsigned char *s, size_t n) {
         }
     }
     if (t->n_words >= INT32_MAX - 1) return lt_fail("lt_bpe_train: too many distinct pre-tokens");
-    if (grow((void **)&t->words, &t->cap_words, t->n_words + 1, sizeof *t->words) ||
-        grow((void **)&t->wbytes, &t->wbytes_cap, t->wbytes_used + n, 1))
+    if (lt_grow((void **)&t->words, &t->cap_words, t->n_words + 1, sizeof *t->words) ||
+        lt_grow((void **)&t->wbytes, &t->wbytes_cap, t->wbytes_used + n, 1))
         return lt_fail("lt_bpe_train: out of memory");
     t->words[t->n_words] = (struct word){1, h, t->wbytes_used, (uint32_t)n, (uint32_t)n};
     memcpy(t->wbytes + t->wbytes_used, s, n);
@@ -247,7 +229,7 @@ static int32_t token_find(const struct trainer *t, const unsigned char *s, size_
 
 /* Adds a token (the table was sized for every id up front). */
 static int32_t token_add(struct trainer *t, const unsigned char *s, size_t n) {
-    if (grow((void **)&t->tbytes, &t->tbytes_cap, t->tbytes_used + n, 1)) return -1;
+    if (lt_grow((void **)&t->tbytes, &t->tbytes_cap, t->tbytes_used + n, 1)) return -1;
     int32_t id = t->n_tokens++;
     memcpy(t->tbytes + t->tbytes_used, s, n);
     t->tok_off[id] = t->tbytes_used;
@@ -269,7 +251,7 @@ static int heap_before(const struct trainer *t, struct heap_item x, struct heap_
 }
 
 static int heap_push(struct trainer *t, int32_t pid) {
-    if (grow((void **)&t->heap, &t->cap_heap, t->n_heap + 1, sizeof *t->heap)) return -1;
+    if (lt_grow((void **)&t->heap, &t->cap_heap, t->n_heap + 1, sizeof *t->heap)) return -1;
     struct heap_item it = {t->pairs[pid].count, pid};
     t->pairs[pid].heap_top = it.count;
     size_t i = t->n_heap++;
@@ -302,7 +284,7 @@ static int32_t pair_get(struct trainer *t, int32_t a, int32_t b) {
         if (p->a == a && p->b == b) return t->pslots[i];
     }
     if (t->n_pairs >= INT32_MAX - 1 ||
-        grow((void **)&t->pairs, &t->cap_pairs, t->n_pairs + 1, sizeof *t->pairs))
+        lt_grow((void **)&t->pairs, &t->cap_pairs, t->n_pairs + 1, sizeof *t->pairs))
         return -1;
     int32_t pid = (int32_t)t->n_pairs++;
     t->pairs[pid] = (struct pair){.a = a, .b = b, .last_word = -1, .stamp = -1};
@@ -343,7 +325,7 @@ static int pair_raise(struct trainer *t, int32_t a, int32_t b, int64_t f, int32_
     }
     if (p->stamp != stamp) {
         p->stamp = stamp;
-        if (grow((void **)&t->touched, &t->cap_touched, t->n_touched + 1, sizeof *t->touched)) return -1;
+        if (lt_grow((void **)&t->touched, &t->cap_touched, t->n_touched + 1, sizeof *t->touched)) return -1;
         t->touched[t->n_touched++] = pid;
     }
     return 0;
@@ -433,7 +415,7 @@ static int learn(struct trainer *t, int n_learn, int n_extra) {
         }
         int32_t a = t->pairs[pid].a, b = t->pairs[pid].b;
         size_t la = t->tok_len[a], lb = t->tok_len[b];
-        if (grow((void **)&buf, &buf_cap, la + lb, 1)) { free(buf); return lt_fail("lt_bpe_train: out of memory"); }
+        if (lt_grow((void **)&buf, &buf_cap, la + lb, 1)) { free(buf); return lt_fail("lt_bpe_train: out of memory"); }
         memcpy(buf, t->tbytes + t->tok_off[a], la);
         memcpy(buf + la, t->tbytes + t->tok_off[b], lb);
         /* Two merges can spell the same bytes ("ab"+"c", "a"+"bc"); the

@@ -19,6 +19,11 @@ int lt_fail_context(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 /* Reads a whole file into a NUL-terminated buffer (caller frees with free). */
 int lt_read_file(const char *path, char **data, size_t *len);
 
+/* Makes *p hold at least need elements of size elem, growing by doubling
+ * (from 64). 0 on success; on failure *p is unchanged and -1 is returned
+ * (no error message is set: callers add their own). */
+int lt_grow(void **p, size_t *cap, size_t need, size_t elem);
+
 /* Joins dir and name into buf (an error if it does not fit). */
 int lt_path_join(char *buf, size_t n, const char *dir, const char *name);
 

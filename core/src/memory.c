@@ -24,3 +24,14 @@ int64_t lt_view_numel(const lt_view *v) {
     for (int i = 0; i < v->ndim; i++) n *= v->shape[i];
     return n;
 }
+
+int lt_grow(void **p, size_t *cap, size_t need, size_t elem) {
+    if (need <= *cap) return 0;
+    size_t c = *cap ? *cap : 64;
+    while (c < need) c *= 2;
+    void *q = realloc(*p, c * elem);
+    if (!q) return -1;
+    *p = q;
+    *cap = c;
+    return 0;
+}

@@ -98,18 +98,6 @@ static size_t table_size(size_t n) {
     return cap;
 }
 
-/* Makes *p hold at least need elements of size elem, growing by doubling.
- * 0 on success; on failure *p is unchanged. */
-static int grow(void **p, size_t *cap, size_t need, size_t elem) {
-    if (need <= *cap) return 0;
-    size_t c = *cap ? *cap : 64;
-    while (c < need) c *= 2;
-    void *q = realloc(*p, c * elem);
-    if (!q) return -1;
-    *p = q;
-    *cap = c;
-    return 0;
-}
 
 /* Decodes the UTF-8 character at s[i] (i < n) into *cp and returns its
  * length. Overlong forms, surrogates, code points past U+10FFFF and
@@ -149,19 +137,20 @@ static int char_class(const unsigned char *s, size_t n, size_t i, size_t *len) {
     return cp == UINT32_MAX ? LT_UC_OTHER : lt_unicode_class(cp);
 }
 
-/* GPT-2's bytes_to_unicode: bytes 33..126, 161..172 and 174..255 stand for
- * themselves; the other 68 (controls, space, DEL, NBSP, soft hyphen...) are
- * moved to U+0100, U+0101, ... in increasing byte order, so that every token
- * in vocab.json is printable. Fills both directions (byte_of_cp: -1 for
- * code points outside the alphabet). */
-static void byte_level_tables(uint32_t cp_of_byte[256], int16_t byte_of_cp[N_BYTE_CPS]) {
+void lt_byte_level_map(uint32_t cp_of_byte[256]) {
     uint32_t next = 256;
-    for (int i = 0; i < N_BYTE_CPS; i++) byte_of_cp[i] = -1;
     for (int b = 0; b < 256; b++) {
         int keep = (b >= 33 && b <= 126) || (b >= 161 && b <= 172) || b >= 174;
         cp_of_byte[b] = keep ? (uint32_t)b : next++;
-        byte_of_cp[cp_of_byte[b]] = (int16_t)b;
     }
+}
+
+/* The byte-level alphabet in both directions (byte_of_cp: -1 for code
+ * points outside it). */
+static void byte_level_tables(uint32_t cp_of_byte[256], int16_t byte_of_cp[N_BYTE_CPS]) {
+    lt_byte_level_map(cp_of_byte);
+    for (int i = 0; i < N_BYTE_CPS; i++) byte_of_cp[i] = -1;
+    for (int b = 0; b < 256; b++) byte_of_cp[cp_of_byte[b]] = (int16_t)b;
 }
 
 /* Writes cp as UTF-8 into out (room for 4) and returns the length. */
@@ -466,7 +455,7 @@ struct idbuf { int32_t *v; size_t n, cap; };
 /* Appends m ids to b; an error past INT_MAX ids (the count is an int). */
 static int idbuf_push(struct idbuf *b, const int32_t *ids, size_t m) {
     if (b->n + m > (size_t)INT_MAX) return lt_fail("lt_tokenizer_encode: more than %d tokens", INT_MAX);
-    if (grow((void **)&b->v, &b->cap, b->n + m, sizeof *b->v)) return lt_fail("lt_tokenizer_encode: out of memory");
+    if (lt_grow((void **)&b->v, &b->cap, b->n + m, sizeof *b->v)) return lt_fail("lt_tokenizer_encode: out of memory");
     memcpy(b->v + b->n, ids, m * sizeof *ids);
     b->n += m;
     return LT_OK;
@@ -501,8 +490,8 @@ static void cache_add(lt_tokenizer *tok, const unsigned char *s, size_t n, uint6
         tok->cache_n = 0;
         tok->cache_keys_used = tok->cache_ids_used = 0;
     }
-    if (grow((void **)&tok->cache_keys, &tok->cache_keys_cap, tok->cache_keys_used + n, 1) ||
-        grow((void **)&tok->cache_ids, &tok->cache_ids_cap, tok->cache_ids_used + m, sizeof *tok->cache_ids))
+    if (lt_grow((void **)&tok->cache_keys, &tok->cache_keys_cap, tok->cache_keys_used + n, 1) ||
+        lt_grow((void **)&tok->cache_ids, &tok->cache_ids_cap, tok->cache_ids_used + m, sizeof *tok->cache_ids))
         return;
     struct cache_entry *c = &tok->cache_entries[tok->cache_n];
     *c = (struct cache_entry){h, (uint32_t)tok->cache_keys_used, (uint32_t)n, (uint32_t)tok->cache_ids_used, (uint32_t)m};
@@ -635,7 +624,7 @@ int lt_tokenizer_encode(lt_tokenizer *tok, const char *text, size_t len, int32_t
     *n = 0;
     struct idbuf out = {0};
     /* Room for a typical ratio of ~4 bytes per token, and never a NULL result. */
-    if (grow((void **)&out.v, &out.cap, len / 4 + 16, sizeof *out.v)) return lt_fail("lt_tokenizer_encode: out of memory");
+    if (lt_grow((void **)&out.v, &out.cap, len / 4 + 16, sizeof *out.v)) return lt_fail("lt_tokenizer_encode: out of memory");
 
     const unsigned char *s = (const unsigned char *)text;
     size_t pos = 0;

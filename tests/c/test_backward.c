@@ -4,33 +4,15 @@
  * central finite differences in double precision on a tiny random model.
  */
 #include "check.h"
+#include "refs.h"
 
 #include <stdint.h>
-
-static lt_safetensors *refs;
-
-static float *ref(const char *key, int64_t *n) {
-    lt_st_tensor t;
-    if (lt_st_find(refs, key, &t)) { fprintf(stderr, "%s\n", lt_last_error()); exit(1); }
-    int64_t k = 1;
-    for (int d = 0; d < t.ndim; d++) k *= t.shape[d];
-    float *x = lt_alloc((size_t)k);
-    lt_st_to_f32(&t, x, k);
-    if (n) *n = k;
-    return x;
-}
 
 static const int targets[3][2] = {{5335, 1757}, {6342, 3576}, {718, 767}};
 
 static void check_prompt(lt_model *m, int p) {
-    char key[64];
-    int64_t T64;
-    snprintf(key, sizeof key, "p%d.ids", p);
-    float *fids = ref(key, &T64);
-    int T = (int)T64, V = lt_model_config(m)->d_vocab;
-    int32_t ids[128];
-    for (int i = 0; i < T; i++) ids[i] = (int32_t)fids[i];
-    lt_free(fids);
+    int T, V = lt_model_config(m)->d_vocab;
+    int32_t *ids = ref_ids(p, &T);
     lt_run *r;
     lt_run_new(m, &r);
     lt_run_keep_activations(r, 1);
@@ -70,6 +52,7 @@ static void check_prompt(lt_model *m, int p) {
     lt_free(want);
     lt_free(dlogits);
     lt_run_free(r);
+    free(ids);
 }
 
 /* Loss of the tiny model at its current parameters (double accumulation). */
@@ -151,7 +134,7 @@ static void check_finite_differences(void) {
 }
 
 int main(void) {
-    CHECK_OK(lt_st_open(check_path("tests/fixtures/hf-gpt2-tiny2/refs.safetensors"), &refs));
+    refs_open();
     lt_model *m;
     CHECK_OK(lt_model_load(check_path("tests/fixtures/hf-gpt2-tiny2"), NULL, &m));
     for (int p = 0; p < 3; p++) check_prompt(m, p);

@@ -5,6 +5,7 @@
  * rewritten in the hub layout and in F16/BF16; and bad input.
  */
 #include "check.h"
+#include "refs.h"
 #include "internal.h"
 
 #include <stdint.h>
@@ -12,32 +13,6 @@
 #include <unistd.h>
 
 static const char *MODEL = "tests/fixtures/hf-gpt2-tiny2";
-static lt_safetensors *refs;
-
-/* A reference tensor as floats (caller frees), with its element count. */
-static float *ref(const char *key, int64_t *n) {
-    lt_st_tensor t;
-    if (lt_st_find(refs, key, &t)) { fprintf(stderr, "%s\n", lt_last_error()); exit(1); }
-    int64_t k = 1;
-    for (int d = 0; d < t.ndim; d++) k *= t.shape[d];
-    float *x = lt_alloc((size_t)k);
-    if (lt_st_to_f32(&t, x, k)) { fprintf(stderr, "%s\n", lt_last_error()); exit(1); }
-    if (n) *n = k;
-    return x;
-}
-
-static int32_t *ref_ids(int p, int *T) {
-    char key[64];
-    snprintf(key, sizeof key, "p%d.ids", p);
-    int64_t n;
-    float *f = ref(key, &n);
-    int32_t *ids = malloc((size_t)n * sizeof *ids);
-    for (int64_t i = 0; i < n; i++) ids[i] = (int32_t)f[i];
-    lt_free(f);
-    *T = (int)n;
-    return ids;
-}
-
 /* Compares the capture at a hook point with a reference tensor. */
 static void check_capture(lt_run *r, lt_model *m, const char *hook, const char *key, double tol) {
     lt_view v;
@@ -277,7 +252,7 @@ static void check_bad_input(void) {
 }
 
 int main(void) {
-    CHECK_OK(lt_st_open(check_path("tests/fixtures/hf-gpt2-tiny2/refs.safetensors"), &refs));
+    refs_open();
     lt_model *m;
     CHECK_OK(lt_model_load(check_path(MODEL), NULL, &m));
     if (!m) return check_summary();
