@@ -26,7 +26,7 @@ function M.tokenizer(dir) return require("lantern.tokenizer").load(dir) end
 local lazy = {
   metrics = "lantern.metrics", tdb = "lantern.tdb", patching = "lantern.patching", sae = "lantern.sae",
   store = "lantern.store", interp = "lantern.interp", datasets = "lantern.datasets", hub = "lantern.hub",
-  train = "lantern.train",
+  train = "lantern.train", llm = "lantern.llm", mine = "lantern.mine", exchange = "lantern.exchange",
 }
 setmetatable(M, {__index = function(t, k)
   local mod = lazy[k]
