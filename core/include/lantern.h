@@ -720,7 +720,9 @@ void lt_miner_free(lt_miner *mn);
 /* One forward pass over B windows (ids [B, T], T = opts.window) with ids
  * first_window, first_window + 1, ... in the dataset, then every node's
  * update. The result depends only on the sequence of windows fed, not on
- * how they are split into feeds or on the thread count. */
+ * how they are split into feeds or on the thread count. After a failed
+ * feed (bad ids, out of memory) the miner may hold part of the batch:
+ * free it. */
 int lt_miner_feed(lt_miner *mn, const int32_t *ids, int B, int T, int64_t first_window);
 /* Windows fed so far (after a resume: including the resumed ones). */
 int64_t lt_miner_windows(const lt_miner *mn);
@@ -740,6 +742,100 @@ int lt_miner_write(lt_miner *mn, lt_store *st, const char *model, const char *in
  * the windows after lt_miner_windows() then gives the store contents of an
  * uninterrupted run. */
 int lt_miner_resume(lt_miner *mn, lt_store *st, const char *model);
+
+/* ------------------------------------------------------------ SAE training */
+
+/* Training an SAE with Adam (core/src/sae_train.c; formulas in docs/sae.md
+ * "Training"). The caller streams activations [n, d_in] into buffers; the
+ * trainer shuffles each buffer and steps over it in batches, all in C.
+ *   standard (ReLU): loss = mean_i ||x_i - x_hat_i||^2
+ *                           + l1 * mean_i sum_l z_il ||W_dec[l]||
+ *     (l1 ramps up linearly over l1_warmup_steps; every resample_every
+ *     steps the dead latents are re-initialised from the batch rows with
+ *     the largest squared error, drawn with probability proportional to it)
+ *   topk: loss = sum_i ||x_i - x_hat_i||^2 / (n variance) + aux_coeff * AuxK,
+ *     variance = mean ||x - mean(x)||^2 of the init sample, AuxK =
+ *     sum_i ||e_hat_i - e_i||^2 / sum_i ||e_i||^2 with e = x - x_hat
+ *     (detached) and e_hat the (bias-free) decoding of each row's top k_aux
+ *     dead latents.
+ * A latent is dead once it has not fired for dead_rows training rows. After
+ * each step W_dec's rows are renormalised to unit norm; the gradient's
+ * component along each row is removed before the step. Deterministic for a
+ * seed and a thread count. The SAE must be standard or topk, with
+ * apply_b_dec_to_input on and normalize_activations "none". */
+typedef struct lt_sae_train_opts {
+    int batch;                /* rows per step (4096) */
+    float lr;                 /* Adam learning rate (topk 4e-4, standard 2e-4) */
+    float beta1, beta2, eps;  /* 0.9, 0.999; eps topk 6.25e-10, standard 1e-8 */
+    int64_t lr_warmup_steps;  /* linear warm-up of lr (0) */
+    int64_t total_steps;      /* > 0: lr decays linearly to 0 over the last */
+    float lr_decay_frac;      /*   lr_decay_frac of total_steps (0.2) */
+    float l1_coeff;           /* standard: lambda (5) */
+    int64_t l1_warmup_steps;  /* standard: lambda ramps up over these steps (0) */
+    int64_t dead_rows;        /* rows without firing after which a latent is dead (1e7) */
+    int k_aux;                /* topk: AuxK latents per row (0: min(256, d_in / 2)) */
+    float aux_coeff;          /* topk: weight of AuxK (1/32) */
+    int64_t resample_every;   /* standard: steps between resamplings (2500; 0 = never) */
+    int64_t resample_until;   /* standard: no resampling after this step (0 = no limit) */
+    int normalize;            /* 1: train on x * s with s = sqrt(d_in) / mean ||x|| of the
+                                 init sample, folded into the weights by finish (1) */
+    int median_rows;          /* rows of the init sample used (4096) */
+    uint64_t seed;            /* initial weights, shuffles, resampling (0) */
+} lt_sae_train_opts;
+
+typedef struct lt_sae_train_stats {
+    int64_t steps, rows;        /* totals since the trainer was made */
+    int64_t batch_steps;        /* steps taken by the last call */
+    double loss, aux_loss;      /* means over the last call's steps */
+    double mse;                 /* mean ||x - x_hat||^2 per row (scaled space) */
+    double explained_variance;  /* 1 - sum ||x - x_hat||^2 / sum ||x - batch mean||^2, last call */
+    double l0;                  /* mean non-zero latents per row, last call */
+    double dead_fraction;       /* latents dead now */
+    double lr, l1_coeff;        /* current values */
+    int64_t resampled;          /* latents resampled so far */
+} lt_sae_train_stats;
+
+typedef struct lt_sae_trainer lt_sae_trainer;
+
+void lt_sae_train_default_opts(int arch, lt_sae_train_opts *o);
+/* A trainer of sae (borrowed until lt_sae_trainer_free). opts NULL: the
+ * defaults for the SAE's architecture. Allocates the workspace: about
+ * 5 d_in d_sae floats (+1 for topk) besides the SAE, plus batch x d_sae x 2. */
+int lt_sae_trainer_new(lt_sae *sae, const lt_sae_train_opts *opts, lt_sae_trainer **out);
+void lt_sae_trainer_free(lt_sae_trainer *t);
+/* Overwrites the SAE's weights: random init (seed), b_dec = geometric
+ * median (Weiszfeld) of up to median_rows evenly spaced rows of x [n, d_in],
+ * and fixes the input scale and the topk variance from them. */
+int lt_sae_trainer_init(lt_sae_trainer *t, const float *x, int64_t n);
+/* Shuffles the n rows of x (x itself is not changed) and takes one step per
+ * full batch (a last partial batch is left out). stats may be NULL. */
+int lt_sae_trainer_train(lt_sae_trainer *t, const float *x, int64_t n, lt_sae_train_stats *stats);
+/* Folds the input scale into the weights (W_enc *= s, W_dec /= s,
+ * b_dec /= s) so that the SAE takes raw activations; no training after. */
+int lt_sae_trainer_finish(lt_sae_trainer *t);
+/* The input scale s (1 without normalisation). */
+double lt_sae_trainer_scale(const lt_sae_trainer *t);
+/* The training loss on n rows of x (already scaled) and its gradient,
+ * written into grad (an SAE of the same shape used as storage), with
+ * opts->l1_coeff (no warm-up), opts->aux_coeff, opts->k_aux and the given
+ * variance (topk) and dead mask [d_sae] (NULL: none dead). No projection,
+ * no step: for tests and for checking the hand-written backward. */
+int lt_sae_loss_grad(lt_sae *sae, const float *x, int64_t n, const lt_sae_train_opts *opts, double variance,
+                     const uint8_t *dead, double *loss, lt_sae *grad);
+
+/* Sums for the evaluation metrics over rows x [n, d_in] (lt_sae_forward,
+ * so with the SAE's own normalisation): the caller zeroes the struct and
+ * allocates sum_x [d_in] and fires [d_sae] (zeroed), then calls this on
+ * any number of chunks. fires[l] counts the rows where latent l != 0. */
+typedef struct lt_sae_eval_acc {
+    int64_t rows;
+    double sq_err;      /* sum ||x - x_hat||^2 */
+    double sq_x;        /* sum ||x||^2 */
+    double l0, l1;      /* sums over rows of #(z != 0) and sum |z| */
+    double *sum_x;      /* [d_in] sum of x */
+    int64_t *fires;     /* [d_sae] */
+} lt_sae_eval_acc;
+int lt_sae_eval_accumulate(const lt_sae *sae, const float *x, int64_t n, lt_sae_eval_acc *acc);
 
 /* ffi-end */
 
