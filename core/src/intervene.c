@@ -59,6 +59,9 @@ static int resolve(const int32_t *sel, int nsel, int64_t n, int allow_negative, 
 int lt_intervention_apply(const lt_model *m, int point, const lt_intervention *iv, lt_view *act) {
     const char *name = lt_hook_name(m, point);
     layout L = layout_of(m, point, act);
+    /* -1 is "every row"; other negative rows are refused rather than read
+     * as every row (positions count from the end, rows do not) */
+    if (iv->batch_row < -1) return lt_fail("%s: batch row %d is negative (-1 means every row)", name, iv->batch_row);
     if (iv->batch_row >= L.rows) return lt_fail("%s: batch row %d out of range (batch of %lld)", name, iv->batch_row, (long long)L.rows);
     if (iv->op == LT_IV_PATCH && iv->src_rows != 1 && iv->src_rows != L.rows)
         return lt_fail("%s: patch source has %d rows, the run has %lld", name, iv->src_rows, (long long)L.rows);

@@ -123,7 +123,9 @@ function methods.stack_head_results(self, opts)
   opts = opts or {}
   local cfg = self.model.cfg
   local H, D, Cm = cfg.n_head, cfg.d_head, cfg.n_embd
-  local layers = opts.layer and {opts.layer} or nil
+  local one = opts.layer
+  if one and one < 0 then one = one + cfg.n_layer end   -- negative layers count from the end
+  local layers = one and {one} or nil
   if not layers then layers = {} for l = 0, cfg.n_layer - 1 do layers[#layers + 1] = l end end
   local list, labels = {}, {}
   for _, l in ipairs(layers) do

@@ -25,19 +25,20 @@ local function dispatch(ud, point, view)
   for i = first, view.ndim - 1 do shape[#shape + 1] = tonumber(view.shape[i]) end
   local act = Tensor.wrap(view.data, shape, nil)
   local ok, res = pcall(entry.fn, act, entry.hook)
-  act.data = nil                           -- the view is only valid inside the hook
+  local status = 0
   if not ok then
     ctx.error = string.format("hook %s: %s", entry.hook.name, tostring(res))
-    return 1
-  end
-  if res ~= nil then
+    status = 1
+  elseif res ~= nil then
     if not Tensor.is(res) or res.numel ~= act.numel then
       ctx.error = string.format("hook %s: returned value must be a Tensor with %d elements", entry.hook.name, act.numel)
-      return 1
+      status = 1
+    elseif res.data ~= view.data then    -- returning act itself (or a view of it) needs no copy
+      ffi.copy(view.data, res.data, act.numel * 4)
     end
-    ffi.copy(view.data, res.data, act.numel * 4)
   end
-  return 0
+  act.data = nil                           -- the view is only valid inside the hook
+  return status
 end
 
 local callback = ffi.cast("lt_hook_fn", dispatch)

@@ -18,7 +18,7 @@
 --
 -- opts (last argument of every function, optional): batch_size (patches per
 -- forward pass; default from max_bytes), max_bytes (memory budget of one
--- chunk, default 512 MiB).
+-- chunk, default 256 MiB).
 local lt_ablate = require("lantern.ablate")
 local names = require("lantern.names")
 local Tensor = require("lantern.tensor")
@@ -36,7 +36,7 @@ local function chunk_rows(m, T, opts)
   end
   local c = m.cfg
   local floats = T * (2 * c.d_vocab + (c.n_layer + 14) * c.n_embd + 2 * c.d_mlp) + 2 * c.n_head * T * T
-  local budget = opts.max_bytes or 512 * 1024 * 1024
+  local budget = opts.max_bytes or 256 * 1024 * 1024
   return math.max(1, math.min(256, math.floor(budget / (4 * floats))))
 end
 

@@ -237,4 +237,10 @@ function SAE:check_model(m)
   return point
 end
 
+-- Training and metrics (lua/lantern/sae_train.lua, docs/sae.md).
+M.train = function(...) return require("lantern.sae_train").train(...) end
+M.evaluate = function(...) return require("lantern.sae_train").evaluate(...) end
+M.format_report = function(...) return require("lantern.sae_train").format_report(...) end
+function SAE:evaluate(m, data, opts) return require("lantern.sae_train").evaluate(self, m, data, opts) end
+
 return M

@@ -20,10 +20,9 @@ local C = F.C
 
 local M = {}
 
--- Kinds in table order. "sae_latent" joins this list when the SAE issue
--- lands: it needs an enumerator in ENUMERATE below (activation z, write
--- direction = decoder column, total = z * dD/dz from the SAE hook points).
-M.KINDS = {"mlp_neuron", "attn_head", "embedding"}
+-- Kinds in table order. "sae_latent" rows come from the SAEs attached to
+-- the model (m:attach_sae); without one there are none.
+M.KINDS = {"mlp_neuron", "attn_head", "embedding", "sae_latent"}
 
 local function check(rc, what) return F.check(rc, what) end
 
@@ -257,14 +256,67 @@ ENUMERATE.embedding = function(m, st, g, _, add, totals)
   end
 end
 
-local function kind_set(o)
+-- SAE latents (one enumerator per attached SAE, layer = its hook's block):
+-- activation z[t, l] (hook_sae_acts_post), write direction = W_dec[l] pushed
+-- through the layer's output matrix when the SAE reads mlp.hook_post or
+-- attn.hook_z, else W_dec[l] itself (a residual-stream SAE); total effect
+-- z * dD/dz at hook_sae_acts_post.
+local function sae_write_dirs(m, a)
+  local hook, sae = a.hook, a.sae
+  local L = tonumber(hook:match("^blocks%.(%d+)%."))
+  local Cm, S, Din = m.cfg.d_model, sae.d_sae, sae.d_in
+  local wdec = sae:param("W_dec").data
+  local out_w
+  if hook:match("%.mlp%.hook_post$") then out_w = string.format("h.%d.mlp.c_proj.weight", L)
+  elseif hook:match("%.attn%.hook_z$") then out_w = string.format("h.%d.attn.c_proj.weight", L)
+  elseif Din ~= Cm or not (hook:match("hook_resid_") or hook:match("hook_mlp_out$") or hook:match("hook_attn_out$")) then
+    error("tdb: sae_latent rows need an SAE on mlp.hook_post, attn.hook_z or the residual stream, not " .. hook, 4)
+  end
+  local dirs = floats(S * Cm)
+  if out_w then check(C.lt_attr_matmul(wdec, m:param(out_w).data, S, Din, Cm, 0, dirs), "W_dec W_out")
+  else ffi.copy(dirs, wdec, S * Cm * 4) end
+  return L or 0, dirs
+end
+
+ENUMERATE.sae_latent = function(m, st, g, max_layer, add, totals)
+  local T, Cm = st.T, m.cfg.d_model
+  for _, a in ipairs(m:saes()) do
+    local L, dirs = sae_write_dirs(m, a)
+    if L <= max_layer then
+      local S = a.sae.d_sae
+      local z = st:act(a.hook .. ".hook_sae_acts_post").data
+      local zg = st:grad(a.hook .. ".hook_sae_acts_post").data
+      local norms, gw = floats(S), floats(T * S)
+      check(C.lt_attr_row_norms(dirs, S, Cm, norms), "row norms")
+      check(C.lt_attr_matmul(g, dirs, T, Cm, S, 1, gw), "dirs . g")
+      for t = 0, T - 1 do
+        for l = 0, S - 1 do
+          local i = t * S + l
+          local v = z[i]
+          if v ~= 0 then   -- a latent that does not fire has no effect of any kind
+            local total = v * zg[i]
+            totals[t + 1] = totals[t + 1] + total
+            add("sae_latent", L, l, t, nil, v, v * norms[l], v * gw[i], total)
+          end
+        end
+      end
+    end
+  end
+end
+
+local function kind_set(m, o)
   local set, list = {}, o.kinds or M.KINDS
   for _, k in ipairs(list) do
     if not ENUMERATE[k] then
-      if k == "sae_latent" then error("tdb: sae_latent rows need an attached SAE (not supported yet)", 3) end
       error("tdb: unknown kind '" .. tostring(k) .. "'", 3)
     end
-    set[k] = true
+    -- without an attached SAE there are no latents (and no position totals for them)
+    if k ~= "sae_latent" or #m:saes() > 0 then set[k] = true end
+  end
+  if o.kinds and not set.sae_latent then
+    for _, k in ipairs(o.kinds) do
+      if k == "sae_latent" then error("tdb: sae_latent rows need an attached SAE (m:attach_sae)", 3) end
+    end
   end
   return set
 end
@@ -272,7 +324,7 @@ end
 -- Builds the table from a state: layers = {mlp_neuron = last layer,
 -- attn_head = last layer} (inclusive; -1 for none).
 local function build(m, st, g, o, layers)
-  local kinds = kind_set(o)
+  local kinds = kind_set(m, o)
   local col = collector(o.k or 10, o.all)
   local totals = {}
   for _, kind in ipairs(M.KINDS) do
@@ -280,7 +332,9 @@ local function build(m, st, g, o, layers)
       local t = {}
       for p = 1, st.T do t[p] = 0 end
       totals[kind] = t
-      ENUMERATE[kind](m, st, g, layers[kind] or 0, col.add, t)
+      -- SAE latents sit where the neurons of their layer do
+      local cap = layers[kind] or (kind == "sae_latent" and layers.mlp_neuron) or 0
+      ENUMERATE[kind](m, st, g, cap, col.add, t)
     end
   end
   return col.rows(), totals
@@ -427,6 +481,13 @@ local function node_interventions(m, node, b, mode, ref)
     return {{string.format("blocks.%d.attn.hook_z", L), iv{heads = {node.index}, positions = pos}}}
   elseif node.kind == "embedding" then
     return {{"hook_embed", iv{positions = pos}}, {"hook_pos_embed", iv{positions = pos}}}
+  elseif node.kind == "sae_latent" then
+    for _, a in ipairs(m:saes()) do
+      if a.hook:match("^blocks%.(%d+)%.") == tostring(L) then
+        return {{a.hook .. ".hook_sae_acts_post", iv{positions = pos, neurons = {node.index}}}}
+      end
+    end
+    error(string.format("tdb: no SAE attached at layer %d for %s", L, M.node_name(node)), 3)
   end
   error("tdb: cannot ablate a node of kind " .. tostring(node.kind), 3)
 end

@@ -329,6 +329,10 @@ static void check_bad_indices(void) {
     CHECK_OK(lt_run_add_intervention(r, post, &iv));
     CHECK_FAILS(lt_forward(r, CLEAN, 1, T, &logits), "batch row 1 out of range (batch of 1)");
     lt_run_clear_hooks(r);
+    iv.batch_row = -2;
+    CHECK_OK(lt_run_add_intervention(r, post, &iv));
+    CHECK_FAILS(lt_forward(r, CLEAN, 1, T, &logits), "batch row -2 is negative (-1 means every row)");
+    lt_run_clear_hooks(r);
     float src[4] = {0};
     iv = iv_new(LT_IV_PATCH);
     iv.src = src; iv.src_rows = 3;

@@ -154,6 +154,8 @@ function tests.stack_head_results()
   end
   local one, l1 = cache:stack_head_results({layer = 1})
   check.eq(l1[1], "L1H0", "one layer")
+  local _, lneg = cache:stack_head_results({layer = -1})
+  check.eq(lneg[1], "L1H0", "a negative layer counts from the end")
   check.eq(component(one, 2):max_abs_diff(component(s, H + 2)), 0, "the same values")
   -- head h's result is its z through rows h*D..h*D+D-1 of W_O
   local z, W = cache:get("z", 0), m:param("h.0.attn.c_proj.weight")

@@ -269,6 +269,18 @@ function tests.edits_in_place_and_replacements_propagate()
     return r
   end}})
   same_bits(a, b, "in-place edit == returned replacement")
+  -- returning the activation itself, or a view of it, is an in-place edit
+  local c = m:run_with_hooks(prompt(0), {{name, function(act)
+    for c = 0, 63 do act:set(0, T - 1, c) end
+    return act
+  end}})
+  same_bits(c, a, "returning act itself")
+  local d = m:run_with_hooks(prompt(0), {{name, function(act)
+    local flat = act:reshape({act.numel})
+    for c = 0, 63 do flat:set(0, (T - 1) * 64 + c) end
+    return flat
+  end}})
+  same_bits(d, a, "returning a reshaped view of act")
   same_bits(a:select(0), base_logits():select(0), "positions before the edit unchanged")
   check.truthy(a:select(-1):max_abs_diff(base_logits():select(-1)) > 1e-3, "the edit changed the last position")
   -- an edit upstream is seen by a later hook in the same run
@@ -290,6 +302,10 @@ function tests.zero_head_through_hook_z_equals_zeroed_W_O_rows()
     end}})
     local by_c = m:run_with_hooks(prompt(0), {{lt.act_name("z", l), lt.ablate.zero{heads = {h}}}})
     same_bits(by_c, by_lua, "lt.ablate.zero == Lua zeroing")
+    -- the same head removed from hook_result (the output is then the sum
+    -- of the head results, another summation order)
+    local by_result = m:run_with_hooks(prompt(0), {{lt.act_name("result", l), lt.ablate.zero{heads = {h}}}})
+    close(by_result, by_c, 1e-5, "zeroing the head in hook_result")
     local W = m:param(string.format("h.%d.attn.c_proj.weight", l))
     local saved = W:clone()
     local ok, err = pcall(function()
@@ -571,6 +587,7 @@ function tests.bad_input_errors()
     {function() m:run_with_hooks(ids, {{"blocks.0.mlp.hook_post", lt.ablate.zero{neurons = {256}}}}) end, "index 256 out of range (size 256)"},
     {function() m:run_with_hooks(ids, {{"blocks.0.mlp.hook_post", lt.ablate.zero{positions = {-15}}}}) end, "position -15 out of range (size 14)"},
     {function() m:run_with_hooks(ids, {{"blocks.0.mlp.hook_post", lt.ablate.zero{batch_row = 1}}}) end, "batch row 1 out of range (batch of 1)"},
+    {function() m:run_with_hooks(ids, {{"blocks.0.mlp.hook_post", lt.ablate.zero{batch_row = -2}}}) end, "batch row -2 is negative"},
     {function() m:run_with_hooks(ids, {{"blocks.0.hook_resid_pre", lt.ablate.add{vector = Tensor.zeros({63})}}}) end,
       "vector of length 63 does not match the last dimension (64)"},
     {function() m:run_with_hooks(ids, {{"blocks.0.hook_resid_pre", 42}}) end, "expected a function or an intervention"},

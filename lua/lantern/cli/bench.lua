@@ -49,6 +49,33 @@ function M.measure(fn, opts)
   return {best = times[1], median = median, n = n}
 end
 
+-- Times several functions round-robin (a, b, c, a, b, c, ...) after one
+-- warm-up call each, so that a slow spell of a shared machine hits them
+-- alike; fns is a list of {label, fn}. Up to reps rounds, fewer once
+-- max_seconds have been spent. Returns label -> {best, median, n}.
+function M.interleave(fns, opts)
+  opts = opts or {}
+  for _, f in ipairs(fns) do f[2]() end
+  local times, start = {}, M.now()
+  for _, f in ipairs(fns) do times[f[1]] = {} end
+  for _ = 1, opts.reps or 3 do
+    for _, f in ipairs(fns) do
+      local t0 = M.now()
+      f[2]()
+      local list = times[f[1]]
+      list[#list + 1] = M.now() - t0
+    end
+    if opts.max_seconds and M.now() - start > opts.max_seconds then break end
+  end
+  local out = {}
+  for label, list in pairs(times) do
+    table.sort(list)
+    local n = #list
+    out[label] = {best = list[1], median = n % 2 == 1 and list[(n + 1) / 2] or 0.5 * (list[n / 2] + list[n / 2 + 1]), n = n}
+  end
+  return out
+end
+
 -- GFLOP/s of a plain sgemm [m x k] @ [k x n] (best of reps), in this run.
 function M.sgemm_gflops(m, n, k, reps)
   local F = require("lantern.ffi")
