@@ -60,10 +60,8 @@ function M.sanitize(text)
 end
 
 local function read_file(path)
-  local f, err = io.open(path, "rb")
-  if not f then error("exchange: " .. tostring(err), 0) end
-  local s = f:read("*a")
-  f:close()
+  local s, err = require("lantern.files").read(path)
+  if not s then error("exchange: " .. tostring(err), 0) end
   return s
 end
 

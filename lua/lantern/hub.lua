@@ -71,11 +71,7 @@ function M.url(endpoint, repo, file)
   return endpoint:gsub("/+$", "") .. "/" .. repo .. "/resolve/main/" .. file
 end
 
-local function exists(path)
-  local f = io.open(path, "rb")
-  if f then f:close() end
-  return f ~= nil
-end
+local exists = require("lantern.files").exists
 
 -- mkdir -p: creates each missing directory along path.
 local function make_dirs(path)

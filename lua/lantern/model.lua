@@ -9,11 +9,7 @@ local C = F.C
 local Model = {}
 Model.__index = Model
 
-local function file_exists(path)
-  local f = io.open(path, "rb")
-  if f then f:close() return true end
-  return false
-end
+local file_exists = require("lantern.files").exists
 
 local function wrap(ptr, opts, dir)
   local m = setmetatable({}, Model)

@@ -21,11 +21,7 @@ Without a trained model at store/models/toy, --train trains it first
 
 local function show(s) return (s:gsub("\n", "\\n")) end
 
-local function exists(path)
-  local f = io.open(path, "rb")
-  if f then f:close() return true end
-  return false
-end
+local exists = require("lantern.files").exists
 
 local prompt = "When Mary and John went to the store, John gave a drink to"
 

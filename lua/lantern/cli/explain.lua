@@ -71,11 +71,7 @@ function M.parse_nodes(spec)
   return sel
 end
 
-local function exists(path)
-  local f = io.open(path, "rb")
-  if f then f:close() return true end
-  return false
-end
+local exists = require("lantern.files").exists
 
 -- A tokenizer for a model's token strings: dir when given, else the
 -- directory the store's model entry names, else store/models/NAME; nil

@@ -35,11 +35,7 @@ local function missing_error(detail)
     M.package, detail, table.concat(M.packages, " ")), 0)
 end
 
-local function exists(path)
-  local f = io.open(path, "rb")
-  if f then f:close() return true end
-  return false
-end
+local exists = require("lantern.files").exists
 
 -- The cookie files (full paths, sorted): from dpkg's file lists of the
 -- packages, which name exactly what they installed; a plain directory

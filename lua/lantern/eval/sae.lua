@@ -22,11 +22,7 @@ local M = {summary = "train and judge an SAE on the default model (explained var
 
 M.GOALS = {explained_variance = 0.85, l0 = 32, dead_fraction = 0.10, ce_loss_recovered = 0.85}
 
-local function exists(path)
-  local f = io.open(path, "rb")
-  if f then f:close() return true end
-  return false
-end
+local exists = require("lantern.files").exists
 
 function M.run(argv)
   local args = require("lantern.cli.args")
