@@ -19,110 +19,18 @@
 --
 -- It exits on any request to /__quit, when its parent process is gone, or
 -- after 120 s, whichever comes first.
-local ffi = require("ffi")
-local bit = require("bit")
 local json = require("lantern.json")
-
-ffi.cdef[[
-  struct lt_ls_sockaddr_in { uint16_t family; uint16_t port; uint32_t addr; uint8_t zero[8]; };
-  struct lt_ls_pollfd { int fd; short events; short revents; };
-  int socket(int domain, int type, int protocol);
-  int bind(int fd, const void *addr, uint32_t len);
-  int listen(int fd, int backlog);
-  int accept(int fd, void *addr, void *len);
-  int getsockname(int fd, void *addr, uint32_t *len);
-  long recv(int fd, void *buf, size_t n, int flags);
-  long send(int fd, const void *buf, size_t n, int flags);
-  int shutdown(int fd, int how);
-  int close(int fd);
-  int poll(struct lt_ls_pollfd *fds, unsigned long n, int timeout);
-  int getppid(void);
-]]
-local C = ffi.C
-
-local AF_INET, SOCK_STREAM, POLLIN, MSG_NOSIGNAL, SHUT_WR = 2, 1, 1, 0x4000, 1
-local MAX_LIFETIME_S = 120
+local server = require("socket_server")
 
 local script_path = assert(arg[1], "usage: llm_server.lua SCRIPT LOG")
 local log_path = assert(arg[2], "usage: llm_server.lua SCRIPT LOG")
 local rules = dofile(script_path)
 local uses = {}
-local parent = C.getppid()
-local deadline = os.time() + MAX_LIFETIME_S
 
-assert(ffi.abi("le"), "llm_server: assumes a little-endian machine")
-local function htons(n) return bit.bor(bit.lshift(bit.band(n, 0xff), 8), bit.rshift(n, 8)) end
-
-local function die(what)
-  io.stderr:write("llm_server: ", what, " failed (errno ", ffi.errno(), ")\n")
-  os.exit(1)
-end
-
-local listener = C.socket(AF_INET, SOCK_STREAM, 0)
-if listener < 0 then die("socket") end
-local addr = ffi.new("struct lt_ls_sockaddr_in")
-addr.family = AF_INET
-addr.addr = 0x0100007f  -- 127.0.0.1, network byte order
-if C.bind(listener, addr, ffi.sizeof(addr)) ~= 0 then die("bind") end
-if C.listen(listener, 64) ~= 0 then die("listen") end
-local alen = ffi.new("uint32_t[1]", ffi.sizeof(addr))
-if C.getsockname(listener, addr, alen) ~= 0 then die("getsockname") end
-io.stdout:write(htons(addr.port), "\n")
-io.stdout:flush()
-
--- Waits up to ms for fd to be readable.
-local pfd1 = ffi.new("struct lt_ls_pollfd[1]")
-local function readable(fd, ms)
-  pfd1[0].fd, pfd1[0].events, pfd1[0].revents = fd, POLLIN, 0
-  return C.poll(pfd1, 1, ms) > 0
-end
-
-local buf = ffi.new("char[65536]")
-
--- Reads a request (head and Content-Length body); nil when the client is
--- silent for 5 s or leaves.
-local function read_request(fd)
-  local data = ""
-  local head_end
-  while true do
-    head_end = data:find("\r\n\r\n", 1, true)
-    if head_end then break end
-    if not readable(fd, 5000) then return nil end
-    local k = C.recv(fd, buf, 65536, 0)
-    if k <= 0 then return nil end
-    data = data .. ffi.string(buf, tonumber(k))
-  end
-  local head = data:sub(1, head_end + 1)
-  local body = data:sub(head_end + 4)
-  local len = tonumber(head:match("\r\n[Cc]ontent%-[Ll]ength: *(%d+)")) or 0
-  while #body < len do
-    if not readable(fd, 5000) then return nil end
-    local k = C.recv(fd, buf, 65536, 0)
-    if k <= 0 then return nil end
-    body = body .. ffi.string(buf, tonumber(k))
-  end
-  local method, target = head:match("^(%u+) (%S+) HTTP/1%.%d\r\n")
-  return {method = method or "?", path = target or "?", body = body,
-          auth = head:match("\r\n[Aa]uthorization: *([^\r\n]*)") or "-"}
-end
-
-local function send_all(fd, data)
-  local off = 0
-  while off < #data do
-    local k = C.send(fd, ffi.cast("const char *", data) + off, #data - off, MSG_NOSIGNAL)
-    if k <= 0 then return false end
-    off = off + tonumber(k)
-  end
-  return true
-end
-
-local reasons = {[200] = "OK", [400] = "Bad Request", [404] = "Not Found", [429] = "Too Many Requests",
-                 [500] = "Internal Server Error", [503] = "Service Unavailable"}
+local listener = server.listen("llm_server")
 
 local function respond(fd, status, body, headers, cut)
-  local head = string.format("HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n%s" ..
-                             "Connection: close\r\n\r\n", status, reasons[status] or "Status", #body, headers or "")
-  if send_all(fd, head) then send_all(fd, cut and body:sub(1, cut) or body) end
+  server.respond(fd, status, body, {content_type = "application/json", headers = headers, cut = cut})
 end
 
 local function match(req)
@@ -138,7 +46,7 @@ end
 
 -- Handles one connection; false when the server should quit.
 local function serve(fd)
-  local req = read_request(fd)
+  local req = server.read_request(fd)
   if not req then return true end
   local f = io.open(log_path, "ab")
   if f then
@@ -159,7 +67,7 @@ local function serve(fd)
     -- Hold until the client gives up (it closes: readable with 0 bytes).
     local stop = os.time() + 30
     while os.time() < stop do
-      if readable(fd, 200) and C.recv(fd, buf, 65536, 0) <= 0 then break end
+      if server.readable(fd, 200) and not server.recv(fd) then break end
     end
     return true
   end
@@ -173,20 +81,5 @@ local function serve(fd)
   return true
 end
 
-local lfd = ffi.new("struct lt_ls_pollfd[1]")
-lfd[0].fd, lfd[0].events = listener, POLLIN
-local running = true
-while running and os.time() < deadline and C.getppid() == parent do
-  if C.poll(lfd, 1, 200) > 0 then
-    local fd = C.accept(listener, nil, nil)
-    if fd >= 0 then
-      local ok, res = pcall(serve, fd)
-      if not ok then io.stderr:write("llm_server: ", tostring(res), "\n") end
-      running = not ok or res
-      C.shutdown(fd, SHUT_WR)
-      C.close(fd)
-    end
-  end
-end
-C.close(listener)
+server.serve("llm_server", listener, serve)
 os.exit(0)
