@@ -22,31 +22,26 @@ M.seed = 20240501           -- model init, data order and every dataset stream
 M.threads = 2               -- OMP_NUM_THREADS = OPENBLAS_NUM_THREADS = this
 
 -- GPT-2 architecture (tanh GELU, LayerNorm eps 1e-5, tied unembedding).
--- A short context: steps are cheap, so the 10-minute budget buys many of them.
-M.model = { n_layer = 4, n_head = 8, n_embd = 128, d_mlp = 512, n_ctx = 64 }
+M.model = { n_layer = 4, n_head = 8, n_embd = 128, d_mlp = 512, n_ctx = 128 }
 M.vocab_size = 2048
 
 M.data = {
-  -- shares of the bytes of the text mixture (lt.datasets.mixture): mostly
-  -- IOI, the task the model must learn in context
-  weights = { ioi = 0.60, induction = 0.10, ["repeat"] = 0.05, text = 0.25 },
+  -- shares of the bytes of the text mixture (lt.datasets.mixture)
+  weights = { ioi = 0.45, induction = 0.10, ["repeat"] = 0.05, text = 0.40 },
   tokenizer_bytes = 4e6,     -- the first this many bytes of the mixture train the BPE
   bytes_per_token = 3.2,     -- used only to size how much text to generate
-  -- repeated random id sequences (the text alone cannot teach induction on
-  -- arbitrary ids): this share of the documents' tokens; each is a random
-  -- prefix of prefix[1]..prefix[2] ids, then a random part of
-  -- seq_len[1]..seq_len[2] distinct ids, repeated once.
-  -- The ids come from a pool that grows (a curriculum): pool[1] ids of a
-  -- fixed shuffle of the vocabulary at step 0, linearly more until every id
-  -- but <|endoftext|> at step pool_steps. warm_steps: the first steps see
-  -- only these sequences (copying forms there, then the text joins).
-  induction_ids = { share = 0.5, seq_len = { 8, 28 }, prefix = { 0, 8 }, warm_steps = 300,
-    pool = 64, pool_steps = 1200 },
+  -- repeated random id sequences: this share of the documents' tokens,
+  -- random part seq_len[1]..seq_len[2] ids drawn from the whole vocabulary
+  -- except <|endoftext|>, repeated once
+  -- warm_steps: the first steps see only these sequences (a curriculum:
+  -- in-context copying forms there within a few hundred steps, while in
+  -- the mixture from the start it had not formed after 1,100 steps)
+  induction_ids = { share = 0.25, seq_len = { 8, 30 }, warm_steps = 300 },
 }
 
 M.train = {
-  batch = 16, seq_len = 64, steps = 2200,
-  max_lr = 1e-3, min_lr = 1e-4, warmup = 100,
+  batch = 8, seq_len = 128, steps = 2200,
+  max_lr = 3e-3, min_lr = 3e-4, warmup = 150,
   weight_decay = 0.1, grad_clip = 1.0, beta1 = 0.9, beta2 = 0.95,
   log_every = 10, checkpoint_every = 100,
 }
@@ -110,43 +105,22 @@ function M.rows(tok, n_rows, opts)
   -- documents first, so running short only means generating more.
   local bytes = (n_rows * T * 1.3 + 4096) * text_share * M.data.bytes_per_token
   local docs = D.mixture_docs(mixture_opts(bytes))
-  local ii = M.data.induction_ids
   local r = D.rng(M.seed, "toy/induction_ids")
-  local all = {}
-  for i = 1, tok.vocab_size - 1 do all[i] = i - 1 end
-  r:shuffle(all)                      -- the order in which the pool grows
-  local lo, hi = ii.seq_len[1], ii.seq_len[2]
-  local plo, phi = (ii.prefix or { 0, 0 })[1], (ii.prefix or { 0, 0 })[2]
-  local share = ii.share
-  local batch = opts.batch or M.train.batch
+  local pool = {}
+  for i = 1, tok.vocab_size - 1 do pool[i] = i - 1 end
+  local lo, hi = M.data.induction_ids.seq_len[1], M.data.induction_ids.seq_len[2]
+  local share = M.data.induction_ids.share
   local di, made_ids, made_all = 0, 0, 0
-  local warm_rows, row_no = (ii.warm_steps or 0) * batch, 0
-  local pool, pool_n = nil, -1
-  local function current_pool()
-    local n = #all
-    if ii.pool and ii.pool_steps and ii.pool_steps > 0 then
-      local step = math.floor((row_no - 1) / batch)
-      local f = math.min(1, step / ii.pool_steps)
-      n = math.min(#all, math.max(hi, math.floor(ii.pool + f * (#all - ii.pool))))
-    end
-    if n ~= pool_n then
-      pool, pool_n = {}, n
-      for i = 1, n do pool[i] = all[i] end
-    end
-    return pool
-  end
+  local warm_rows, row_no = (M.data.induction_ids.warm_steps or 0) * M.train.batch, 0
   local function next_doc()
     -- an id sequence whenever they are below their share of tokens so far
     -- (and always during the first warm_rows rows)
     local ids
     local warm = row_no <= warm_rows
     if warm or made_all == 0 or made_ids / made_all < share then
-      local p = current_pool()
-      local seq = r:sample(p, r:int(lo, hi))
+      local seq = r:sample(pool, r:int(lo, hi))
       ids = {}
-      for i = 1, r:int(plo, phi) do ids[i] = p[r:int(1, #p)] end
-      local n0 = #ids
-      for rep = 0, 1 do for i = 1, #seq do ids[n0 + rep * #seq + i] = seq[i] end end
+      for rep = 0, 1 do for i = 1, #seq do ids[rep * #seq + i] = seq[i] end end
       ids[#ids + 1] = eot
       if not warm then made_ids, made_all = made_ids + #ids, made_all + #ids end   -- shares count after the warm-up
       return ids
