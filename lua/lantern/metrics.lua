@@ -63,7 +63,8 @@ local function check_ids(ids, V)
   end
 end
 
--- Stable log-sum-exp of a row of n floats at ptr.
+-- Stable log-sum-exp of a row of n floats at ptr (shared with the SAE
+-- metrics).
 local function logsumexp(row, n)
   local mx = -math.huge
   for i = 0, n - 1 do if row[i] > mx then mx = row[i] end end
@@ -71,6 +72,7 @@ local function logsumexp(row, n)
   for i = 0, n - 1 do s = s + math.exp(row[i] - mx) end
   return mx + math.log(s)
 end
+M.logsumexp = logsumexp
 
 -- Value of the metric for row b (0-based) and, when grad (a float* to the
 -- row's [T, V] gradient) is given, its gradient.

@@ -211,14 +211,7 @@ end
 
 -- ------------------------------------------------------------ metrics
 
--- log of the sum of exp over row [V].
-local function logsumexp(row, V)
-  local mx = -math.huge
-  for i = 0, V - 1 do if row[i] > mx then mx = row[i] end end
-  local s = 0
-  for i = 0, V - 1 do s = s + math.exp(row[i] - mx) end
-  return mx + math.log(s)
-end
+local logsumexp = require("lantern.metrics").logsumexp
 
 -- Sums over a batch of the next-token CE of logits (positions 0..T-2) and
 -- of KL(clean || logits) (all positions); clean_lz[r] is the clean row's

@@ -168,35 +168,13 @@ end
 
 -- ---------------------------------------------------------------- files
 
-local function exists(path)
-  local f = io.open(path, "rb")
-  if f then f:close() return true end
-  return false
-end
+local files = require("lantern.files")
+local exists, read_file, write_file = files.exists, files.read, files.write
 
 local function sh_quote(s) return "'" .. s:gsub("'", "'\\''") .. "'" end
 
 local function copy_file(src, dst)
-  local a = assert(io.open(src, "rb"))
-  local data = a:read("*a")
-  a:close()
-  local b = assert(io.open(dst, "wb"))
-  b:write(data)
-  b:close()
-end
-
-local function write_file(path, s)
-  local f = assert(io.open(path, "wb"))
-  f:write(s)
-  f:close()
-end
-
-local function read_file(path)
-  local f = io.open(path, "rb")
-  if not f then return nil end
-  local s = f:read("*a")
-  f:close()
-  return s
+  write_file(dst, assert(read_file(src)))
 end
 
 -- The recipe as a compact, readable summary (written into train_log.txt).
