@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "lantern.h"
+#include "internal.h"
 
 static int check_passed, check_failed;
 
@@ -52,6 +53,12 @@ static inline const char *check_path(const char *rel) {
     k = (k + 1) % 4;
     snprintf(buf[k], sizeof buf[k], "%s/%s", root ? root : ".", rel);
     return buf[k];
+}
+
+/* A whole file, NUL-terminated (caller frees with free), or NULL. */
+static inline char *check_read_file(const char *path, size_t *len) {
+    char *data;
+    return lt_read_file(path, &data, len) == LT_OK ? data : NULL;
 }
 
 #endif

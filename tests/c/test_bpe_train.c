@@ -23,19 +23,6 @@ static const char *tmp_path(const char *name) {
     return paths[k];
 }
 
-static char *read_all(const char *path, size_t *len) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *buf = malloc((size_t)n + 1);
-    *len = fread(buf, 1, (size_t)n, f);
-    buf[*len] = '\0';
-    fclose(f);
-    return buf;
-}
-
 /* A few kilobytes of English: one paragraph, varied a little per round so
  * that counts are not all multiples of one number. Caller frees. */
 static char *training_text(size_t *len) {
@@ -140,8 +127,8 @@ static void test_deterministic(void) {
     CHECK_OK(train(text, len, 350, "d1"));
     CHECK_OK(train(text, len, 350, "d2"));
     size_t n1, n2, m1, m2;
-    char *v1 = read_all(tmp_path("vocab_d1.json"), &n1), *v2 = read_all(tmp_path("vocab_d2.json"), &n2);
-    char *g1 = read_all(tmp_path("merges_d1.txt"), &m1), *g2 = read_all(tmp_path("merges_d2.txt"), &m2);
+    char *v1 = check_read_file(tmp_path("vocab_d1.json"), &n1), *v2 = check_read_file(tmp_path("vocab_d2.json"), &n2);
+    char *g1 = check_read_file(tmp_path("merges_d1.txt"), &m1), *g2 = check_read_file(tmp_path("merges_d2.txt"), &m2);
     CHECK(v1 && v2 && n1 == n2 && memcmp(v1, v2, n1) == 0, "vocab.json differs between two trainings");
     CHECK(g1 && g2 && m1 == m2 && memcmp(g1, g2, m1) == 0, "merges.txt differs between two trainings");
     CHECK(g1 && strncmp(g1, "#version: 0.2\n", 14) == 0, "merges.txt header");
@@ -152,7 +139,7 @@ static void test_deterministic(void) {
      * does not depend on when training stops. */
     CHECK_OK(train(text, len, 300, "d3"));
     size_t m3;
-    char *g3 = read_all(tmp_path("merges_d3.txt"), &m3);
+    char *g3 = check_read_file(tmp_path("merges_d3.txt"), &m3);
     CHECK(g3 && g1 && m3 < m1 && memcmp(g1, g3, m3) == 0, "merges of 300 are a prefix of those of 350");
     free(v1); free(v2); free(g1); free(g2); free(g3);
     free(text);
@@ -262,7 +249,7 @@ static void test_matches_recount(void) {
     CHECK(want != NULL, "reference trainer limits");
     CHECK_OK(lt_bpe_train(more, n, 380, NULL, 0, tmp_path("vocab_r.json"), tmp_path("merges_r.txt")));
     size_t glen;
-    char *got = read_all(tmp_path("merges_r.txt"), &glen);
+    char *got = check_read_file(tmp_path("merges_r.txt"), &glen);
     CHECK(want && got && strcmp(want, got) == 0, "merges differ from a full recount after every merge");
     free(want); free(got); free(more); free(text);
 }

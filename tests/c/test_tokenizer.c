@@ -32,19 +32,6 @@ static const char *write_str(const char *name, const char *content) {
     return write_tmp(name, content, strlen(content));
 }
 
-static char *read_all(const char *path, size_t *len) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *buf = malloc((size_t)n + 1);
-    *len = fread(buf, 1, (size_t)n, f);
-    buf[*len] = '\0';
-    fclose(f);
-    return buf;
-}
-
 /* Encodes then decodes text; checks the bytes come back exactly. */
 static int roundtrips(lt_tokenizer *tok, const char *text, size_t len) {
     int32_t *ids = NULL;
@@ -82,7 +69,7 @@ static int encodes_to(lt_tokenizer *tok, const char *text, const int32_t *want, 
 
 static void test_fixture_cases(lt_tokenizer *tok) {
     size_t len;
-    char *json = read_all(check_path(FIXTURE "cases.json"), &len);
+    char *json = check_read_file(check_path(FIXTURE "cases.json"), &len);
     CHECK(json != NULL, "cannot read cases.json");
     if (!json) return;
     cJSON *root = cJSON_Parse(json);
@@ -313,7 +300,7 @@ static void test_load_errors(void) {
 
     /* The real vocabulary cut short. */
     size_t len;
-    char *real = read_all(vocab, &len);
+    char *real = check_read_file(vocab, &len);
     const char *cut = write_tmp("cut.json", real ? real : "", real ? len / 2 : 0);
     CHECK_FAILS(lt_tokenizer_load(cut, merges, &t), "invalid JSON");
     CHECK_FAILS(lt_tokenizer_load(cut, merges, &t), "cut.json");

@@ -11,44 +11,11 @@ local check = require("check")
 pcall(ffi.cdef, "int setenv(const char *name, const char *value, int overwrite);")
 pcall(ffi.cdef, "int unsetenv(const char *name);")
 
-local luajit = arg and arg[-1] or "luajit"
 local tmp = os.tmpname()
 os.remove(tmp)
 local scratch = tmp .. ".llm"
 os.execute("mkdir -p '" .. scratch .. "'")
-local n_servers = 0
-
-local function read_log(path)
-  local list = {}
-  local f = io.open(path, "rb")
-  if not f then return list end
-  for line in f:lines() do list[#list + 1] = json.decode(line) end
-  f:close()
-  return list
-end
-
--- Runs fn(base_url, log) with a server scripted by the Lua source rules;
--- log() returns the requests received so far. The server is always
--- stopped (and waited for) afterwards.
-local function with_server(rules, fn)
-  n_servers = n_servers + 1
-  local script = string.format("%s/rules%d.lua", scratch, n_servers)
-  local log_path = string.format("%s/log%d.jsonl", scratch, n_servers)
-  local f = assert(io.open(script, "wb"))
-  f:write("local json = require('lantern.json')\n", rules)
-  f:close()
-  local proc = io.popen(string.format("exec '%s' '%s/tests/lua/llm_server.lua' '%s' '%s'",
-                                      luajit, F.root, script, log_path), "r")
-  local port = proc:read("*l")
-  local ok, err = false, "test server did not start"
-  if port and port:match("^%d+$") then
-    local base = "http://127.0.0.1:" .. port
-    ok, err = xpcall(fn, debug.traceback, base .. "/v1", function() return read_log(log_path) end)
-    F.C.lt_http_download(base .. "/__quit", scratch .. "/quit", nil, 5, 0)
-  end
-  proc:close()
-  if not ok then error(err, 0) end
-end
+local with_server = require("llm_test_server").new(scratch)
 
 local function chat_reply(content)
   return json.encode{id = "x", object = "chat.completion",
