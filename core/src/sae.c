@@ -6,6 +6,7 @@
  *   W_enc [D, L]  b_enc [L]  W_dec [L, D]  b_dec [D]  threshold [L]
  */
 #include "internal.h"
+#include "topk.h"
 
 #include <cblas.h>
 #include <cjson/cJSON.h>
@@ -239,37 +240,6 @@ static void prepare_input(const lt_sae *sae, const float *x, int64_t m, float *i
     }
 }
 
-/* One candidate of the TopK selection. */
-typedef struct { float v; int32_t i; } topk_entry;
-
-/* The strict order of TopK: a larger value ranks higher, and of equal
- * values the lower index; so the selected set never depends on the order
- * in which candidates are seen. */
-static int ranks_below(topk_entry a, topk_entry b) {
-    return a.v < b.v || (a.v == b.v && a.i > b.i);
-}
-
-/* Restores the min-heap (lowest-ranked entry at the root) below position p. */
-static void heap_sift_down(topk_entry *h, int n, int p) {
-    for (;;) {
-        int c = 2 * p + 1;
-        if (c >= n) return;
-        if (c + 1 < n && ranks_below(h[c + 1], h[c])) c++;
-        if (!ranks_below(h[c], h[p])) return;
-        topk_entry t = h[p]; h[p] = h[c]; h[c] = t;
-        p = c;
-    }
-}
-
-static void heap_sift_up(topk_entry *h, int p) {
-    while (p > 0) {
-        int q = (p - 1) / 2;
-        if (!ranks_below(h[p], h[q])) return;
-        topk_entry t = h[p]; h[p] = h[q]; h[q] = t;
-        p = q;
-    }
-}
-
 /* z [L] = TopK(pre [L]) then ReLU, with heap [k] as scratch. pre and z may
  * be the same row: the kept values live in the heap while z is cleared.
  * A bounded heap costs O(L) comparisons for small k, since most candidates
@@ -278,15 +248,7 @@ static void topk_row(const float *pre, float *z, int64_t L, int k, topk_entry *h
     int n = 0;
     for (int64_t l = 0; l < L; l++) {
         float v = pre[l];
-        if (v != v) v = -INFINITY;
-        if (n < k) {
-            heap[n].v = v; heap[n].i = (int32_t)l;
-            heap_sift_up(heap, n++);
-        } else if (v > heap[0].v) {
-            /* Equal values never replace the root: the root's index is lower. */
-            heap[0].v = v; heap[0].i = (int32_t)l;
-            heap_sift_down(heap, n, 0);
-        }
+        topk_push(heap, &n, k, (topk_entry){v != v ? -INFINITY : v, (int32_t)l});
     }
     memset(z, 0, (size_t)L * sizeof(float));
     for (int j = 0; j < n; j++) z[heap[j].i] = heap[j].v > 0 ? heap[j].v : 0.0f;

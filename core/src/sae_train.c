@@ -19,6 +19,7 @@
  *     the thread count.
  */
 #include "internal.h"
+#include "topk.h"
 
 #include <cblas.h>
 #include <math.h>
@@ -122,38 +123,13 @@ static int param_set_alloc(param_set *p, int64_t D, int64_t L) {
  * of row p among the listed candidates: a bounded min-heap, so most
  * candidates cost one comparison. Writes up to m (index, value) pairs,
  * unused slots index -1. */
-typedef struct { float v; int32_t i; } cand;
-
-static int cand_below(cand a, cand b) { return a.v < b.v || (a.v == b.v && a.i > b.i); }
-
-static void heap_down(cand *h, int n, int p) {
-    for (;;) {
-        int c = 2 * p + 1;
-        if (c >= n) return;
-        if (c + 1 < n && cand_below(h[c + 1], h[c])) c++;
-        if (!cand_below(h[c], h[p])) return;
-        cand t = h[p]; h[p] = h[c]; h[c] = t;
-        p = c;
-    }
-}
-
-static void select_top(const float *p, const int32_t *list, int64_t nlist, int m, cand *heap,
+static void select_top(const float *p, const int32_t *list, int64_t nlist, int m, topk_entry *heap,
                        int32_t *out_idx, float *out_val) {
     int n = 0;
     for (int64_t j = 0; j < nlist; j++) {
         int32_t l = list[j];
         float v = p[l];
-        if (!(v > 0)) continue;                     /* ReLU: only positive ones fire */
-        cand c = {v, l};
-        if (n < m) {
-            heap[n] = c;
-            for (int q = n++; q > 0 && cand_below(heap[q], heap[(q - 1) / 2]); q = (q - 1) / 2) {
-                cand t = heap[q]; heap[q] = heap[(q - 1) / 2]; heap[(q - 1) / 2] = t;
-            }
-        } else if (cand_below(heap[0], c)) {
-            heap[0] = c;
-            heap_down(heap, n, 0);
-        }
+        if (v > 0) topk_push(heap, &n, m, (topk_entry){v, l});   /* ReLU: only positive ones fire */
     }
     for (int j = 0; j < m; j++) {
         out_idx[j] = j < n ? heap[j].i : -1;
@@ -202,7 +178,7 @@ typedef struct {
     float *norms;                       /* [L] */
     int32_t *dead_list;                 /* [L] */
     int32_t *iota;                      /* [L]: 0, 1, ..., L - 1 (TopK's candidates) */
-    cand *heaps;                        /* TopK selection scratch, per thread */
+    topk_entry *heaps;                        /* TopK selection scratch, per thread */
 } workspace;
 
 static void work_free(workspace *w) {
@@ -231,7 +207,7 @@ static int work_alloc(workspace *w, const sae_view *v, int64_t cap, int k_aux) {
              (w->val = lt_alloc((size_t)cap * (size_t)w->k)) && (w->g = lt_alloc((size_t)cap * (size_t)w->k)) &&
              (w->start = calloc((size_t)L + 1, sizeof(int64_t))) &&
              (w->iota = malloc((size_t)L * sizeof(int32_t))) &&
-             (w->heaps = malloc((size_t)max_threads() * (size_t)(w->k > w->k_aux ? w->k : w->k_aux) * sizeof(cand))) &&
+             (w->heaps = malloc((size_t)max_threads() * (size_t)(w->k > w->k_aux ? w->k : w->k_aux) * sizeof(topk_entry))) &&
              (w->entries = malloc((ne ? ne : 1) * sizeof(lat_entry)));
         if (ok && w->k_aux > 0)
             ok = (w->aux_idx = malloc((size_t)cap * (size_t)w->k_aux * sizeof(int32_t))) &&
