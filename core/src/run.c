@@ -49,7 +49,7 @@ void lt_run_free(lt_run *r) {
     free(r);
 }
 
-static int check_point_range(const lt_run *r, int point);
+static int check_point(lt_run *r, int point);
 
 /* ------------------------------------------------------------ buffers */
 
@@ -166,7 +166,7 @@ float *lt_acts_point(const lt_run *r, const lt_acts *a, int point) {
 
 /* A borrowed view of a point's buffer in a, with its shape. */
 static int point_view(lt_run *r, const lt_acts *a, int point, const char *what, lt_view *out) {
-    if (check_point_range(r, point)) return LT_ERR;
+    if (check_point(r, point)) return LT_ERR;
     if (!r->B) return lt_fail("no forward pass has run yet");
     float *data = lt_acts_point(r, a, point);
     if (!data) return lt_fail("%s at %s was not computed in the last pass", what, lt_hook_name(r->m, point));
@@ -189,8 +189,6 @@ void lt_run_keep_activations(lt_run *r, int on) { r->want_keep = on != 0; }
 
 /* -------------------------------------------------------------- hooks */
 
-static int check_point_range(const lt_run *r, int point);
-static int check_point(const lt_run *r, int point) { return check_point_range(r, point); }
 static void update_any(lt_run *r);
 
 int lt_run_sync_points(lt_run *r) {
@@ -211,8 +209,8 @@ int lt_run_sync_points(lt_run *r) {
     return LT_OK;
 }
 
-static int check_point_range(const lt_run *r, int point) {
-    if (lt_run_sync_points((lt_run *)r)) return LT_ERR;
+static int check_point(lt_run *r, int point) {
+    if (lt_run_sync_points(r)) return LT_ERR;
     if (point < 0 || point >= r->m->n_hooks) return lt_fail("hook point %d out of range (0..%d)", point, r->m->n_hooks - 1);
     return LT_OK;
 }
