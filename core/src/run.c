@@ -20,6 +20,8 @@ int lt_run_new(lt_model *m, lt_run **out) {
     r->g.blocks = calloc(L, sizeof(lt_block_acts));
     r->points = calloc((size_t)m->n_hooks, sizeof *r->points);
     r->n_points = m->n_hooks;
+    /* SAEs attached before the run was made splice without any hook */
+    r->any_hooks = m->n_saes > 0;
     if (!r->a.resid || !r->g.resid || !r->a.blocks || !r->g.blocks || !r->points) {
         lt_run_free(r);
         return lt_fail("out of memory");

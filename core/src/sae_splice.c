@@ -16,9 +16,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* A run's buffers for one attachment, sized for N rows. */
+/* A run's buffers for one attachment, sized for N rows of the SAE's widths. */
 typedef struct lt_sae_bufs {
-    int64_t rows;
+    int64_t rows, d_sae, d_in;
     float *pre, *z, *recons, *error;   /* activations */
     float *g_pre, *g_z, *g_recons, *g_error;   /* gradients */
 } lt_sae_bufs;
@@ -45,9 +45,11 @@ static int bufs_reserve(lt_run *r, int a, int64_t N) {
         r->n_sae_bufs = r->m->n_saes;
     }
     lt_sae_bufs *b = &r->sae_bufs[a];
-    if (b->rows == N) return LT_OK;
-    bufs_release(b);
     int64_t S = r->m->saes[a].d_sae, D = r->m->saes[a].d_in;
+    /* The widths too: after lt_model_detach_saes another SAE may be
+     * attached under the same index while this run lives on. */
+    if (b->rows == N && b->d_sae == S && b->d_in == D) return LT_OK;
+    bufs_release(b);
     b->pre = lt_alloc((size_t)(N * S)); b->z = lt_alloc((size_t)(N * S));
     b->recons = lt_alloc((size_t)(N * D)); b->error = lt_alloc((size_t)(N * D));
     b->g_pre = lt_alloc((size_t)(N * S)); b->g_z = lt_alloc((size_t)(N * S));
@@ -57,13 +59,17 @@ static int bufs_reserve(lt_run *r, int a, int64_t N) {
         return LT_ERR;
     }
     b->rows = N;
+    b->d_sae = S;
+    b->d_in = D;
     return LT_OK;
 }
 
 float *lt_sae_point_data(const lt_run *r, int point, int grad) {
     int a = (point - r->m->n_static_hooks) / 4, kind = lt_hook_kind(r->m, point);
-    if (a < 0 || a >= r->n_sae_bufs || !r->sae_bufs[a].rows) return NULL;
+    if (a < 0 || a >= r->n_sae_bufs || a >= r->m->n_saes || !r->sae_bufs[a].rows) return NULL;
     const lt_sae_bufs *b = &r->sae_bufs[a];
+    /* buffers of an SAE since detached: not this pass's */
+    if (b->d_sae != r->m->saes[a].d_sae || b->d_in != r->m->saes[a].d_in) return NULL;
     switch (kind) {
     case LT_HOOK_SAE_ACTS_PRE: return grad ? b->g_pre : b->pre;
     case LT_HOOK_SAE_ACTS_POST: return grad ? b->g_z : b->z;

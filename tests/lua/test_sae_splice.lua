@@ -103,6 +103,23 @@ function T.backward_gives_latent_gradients()
   end
 end
 
+-- Detaching and attaching another SAE under the same attachment index: the
+-- run's SAE buffers follow the new widths (they were reused at the old
+-- ones, which overflowed for a wider SAE; ASan saw it).
+function T.a_wider_sae_after_detach()
+  local m = lt.load(MODEL)
+  local small = lt.sae.new{d_in = 64, d_sae = 16, hook_name = "blocks.1.hook_resid_pre", seed = 4}
+  m:attach_sae(small)
+  m:forward(IDS)
+  m:detach_saes()
+  local wide = lt.sae.new{d_in = 256, d_sae = 600, hook_name = HOOK, seed = 5}
+  m:attach_sae(wide)
+  local _, c = m:run_with_cache(IDS, {names = {HOOK, HOOK .. ".hook_sae_acts_post"}})
+  local z = c[HOOK .. ".hook_sae_acts_post"]
+  check.eq(z.shape[2], 600, "latents shape")
+  check.truthy(z:max_abs_diff(wide:encode(c[HOOK])) < 1e-5, "latents of the new SAE")
+end
+
 function T.errors()
   local m = lt.load(MODEL)
   local sae = lt.sae.new{d_in = 64, d_sae = 32, hook_name = HOOK, seed = 1}
