@@ -692,11 +692,16 @@ void lt_sha256_hex(const void *data, size_t len, char *hex);
  * of all its token activations; lt_miner_write stores them as record sets
  * (kinds "mlp_neuron": mlp.hook_post; "attn_head": per query position the
  * attention-weighted write norm sum_k pattern[h,q,k] |v[k,h] W_O[h]|, with
- * the key of the largest term in the record's extra array). Memory:
+ * the key of the largest term in the record's extra array; "sae_latent":
+ * <point>.hook_sae_acts_post of an SAE attached with lt_model_attach_sae,
+ * layer = the layer of <point>, index = the latent). Memory:
  * nodes x (top_n + n_random + 4 n_per_bin) x window x (8 or 12) bytes, plus
  * nodes x quantile_windows floats until the bin boundaries are fixed. */
 
-/* Node kinds to mine (a mask). LT_MINE_SAE is reserved for SAE latents. */
+/* Node kinds to mine (a mask). LT_MINE_SAE: the latents of every SAE
+ * attached to the model whose hook point is in the chosen layers (SAEs
+ * attached elsewhere are not mined; at least one must be in range, and at
+ * most one per layer, since a latent's key is (layer, index)). */
 enum { LT_MINE_MLP = 1, LT_MINE_ATTN = 2, LT_MINE_SAE = 4 };
 
 typedef struct lt_miner_opts {
@@ -713,8 +718,9 @@ typedef struct lt_miner_opts {
 typedef struct lt_miner lt_miner;
 
 void lt_miner_default_opts(lt_miner_opts *o);
-/* A miner for model m (borrowed; it must outlive the miner; the miner runs
- * its own lt_run). opts NULL: the defaults. */
+/* A miner for model m (borrowed; it must outlive the miner, and the SAEs
+ * attached to it must stay attached; the miner runs its own lt_run). opts
+ * NULL: the defaults. */
 int lt_miner_new(lt_model *m, const lt_miner_opts *opts, lt_miner **out);
 void lt_miner_free(lt_miner *mn);
 /* One forward pass over B windows (ids [B, T], T = opts.window) with ids
@@ -727,8 +733,9 @@ int lt_miner_feed(lt_miner *mn, const int32_t *ids, int B, int T, int64_t first_
 /* Windows fed so far (after a resume: including the resumed ones). */
 int64_t lt_miner_windows(const lt_miner *mn);
 int lt_miner_node_count(const lt_miner *mn);
-/* The current record set of one node (kind LT_MINE_MLP or LT_MINE_ATTN),
- * as lt_miner_write would store it; caller frees with lt_free. */
+/* The current record set of one node (kind LT_MINE_MLP, LT_MINE_ATTN or
+ * LT_MINE_SAE), as lt_miner_write would store it; caller frees with
+ * lt_free. */
 int lt_miner_record(lt_miner *mn, int kind, int layer, int index, lt_record_set **out);
 /* In one store transaction (it begins and commits it, so no batch may be
  * open): every node's record set under rec/<model>/..., the miner state
@@ -738,7 +745,9 @@ int lt_miner_record(lt_miner *mn, int kind, int layer, int index, lt_record_set 
 int lt_miner_write(lt_miner *mn, lt_store *st, const char *model, const char *info);
 /* Restores a fresh miner (made with the same options) from the last
  * lt_miner_write for model: LT_OK, LT_STORE_NOT_FOUND (no state), or LT_ERR
- * (other options, records that disagree with the state, damage). Feeding
+ * (other options; with SAE latents, other SAEs: hook point, width,
+ * configuration, error term or weights; records that disagree with the
+ * state; damage). Feeding
  * the windows after lt_miner_windows() then gives the store contents of an
  * uninterrupted run. */
 int lt_miner_resume(lt_miner *mn, lt_store *st, const char *model);

@@ -1,7 +1,8 @@
 /*
  * miner.c: the dataset miner (docs/mining.md). One forward pass per batch of
- * windows; afterwards every node (MLP neuron, attention head) of the chosen
- * layers updates, in C and without copying activations out of the run:
+ * windows; afterwards every node (MLP neuron, attention head, latent of an
+ * attached SAE) of the chosen layers updates, in C and without copying
+ * activations out of the run:
  *   - its top windows by maximum activation (a min-heap of top_n slots),
  *   - its activations on a uniform random sample of windows (one reservoir
  *     of window slots shared by all nodes, Algorithm R),
@@ -20,7 +21,7 @@
  * in one layer (n nodes); vals[n, B*T] holds one group's activations with
  * the node as the slow index.
  */
-#include "internal.h"
+#include "model_internal.h"
 
 #include <cblas.h>
 #include <math.h>
@@ -51,13 +52,15 @@ typedef struct moments {
 } moments;
 
 typedef struct group {
-    int kind;           /* LT_MINE_MLP or LT_MINE_ATTN */
+    int kind;           /* LT_MINE_MLP, LT_MINE_ATTN or LT_MINE_SAE */
     int layer;
     int n;              /* nodes */
     int first;          /* global index of the group's first node */
-    int point;          /* mlp: hook_post; attn: hook_pattern */
+    int point;          /* mlp: hook_post; attn: hook_pattern; sae: hook_sae_acts_post */
     int point_v;        /* attn: hook_v */
     float *gram;        /* attn: [H, D, D], W_O[h] W_O[h]^T */
+    char hook[96];      /* sae: the attached point's name, for the state */
+    uint64_t sae_hash;  /* sae: fingerprint of the SAE (sae_fingerprint) */
     moments *mom;       /* [n] */
     slots top;          /* heap order in heap */
     int *heap;          /* [n, top_n] slot indices, a min-heap */
@@ -76,6 +79,7 @@ struct lt_miner {
     int T;
     group *groups;
     int n_groups, n_nodes, max_group;
+    int max_extra;      /* nodes of the largest group with an extra array (heads) */
     int64_t consumed;   /* windows fed so far */
     int64_t *rand_win;  /* [n_random] shared reservoir: window ids */
     int32_t *rand_tok;  /* [n_random, T] */
@@ -109,7 +113,7 @@ static uint64_t pick(uint64_t seed, uint64_t stream, uint64_t a, uint64_t b, uin
 }
 
 static const char *kind_name(int kind) {
-    return kind == LT_MINE_ATTN ? "attn_head" : "mlp_neuron";
+    return kind == LT_MINE_ATTN ? "attn_head" : kind == LT_MINE_SAE ? "sae_latent" : "mlp_neuron";
 }
 
 static int slots_alloc(slots *s, int n, int cap, int T, int with_ext) {
@@ -349,9 +353,11 @@ static int group_init(lt_miner *mn, group *g) {
     const lt_miner_opts *o = &mn->o;
     int n = g->n, T = mn->T, ext = g->kind == LT_MINE_ATTN;
     char name[96];
-    if (g->kind == LT_MINE_MLP) snprintf(name, sizeof name, "blocks.%d.mlp.hook_post", g->layer);
-    else snprintf(name, sizeof name, "blocks.%d.attn.hook_pattern", g->layer);
-    if ((g->point = lt_hook_find(mn->m, name)) < 0) return LT_ERR;
+    if (g->kind != LT_MINE_SAE) {   /* an SAE group's point is set by its maker */
+        if (g->kind == LT_MINE_MLP) snprintf(name, sizeof name, "blocks.%d.mlp.hook_post", g->layer);
+        else snprintf(name, sizeof name, "blocks.%d.attn.hook_pattern", g->layer);
+        if ((g->point = lt_hook_find(mn->m, name)) < 0) return LT_ERR;
+    }
     if (ext) {
         snprintf(name, sizeof name, "blocks.%d.attn.hook_v", g->layer);
         if ((g->point_v = lt_hook_find(mn->m, name)) < 0) return LT_ERR;
@@ -375,6 +381,115 @@ static int group_init(lt_miner *mn, group *g) {
     return LT_OK;
 }
 
+/* The SAE latents to mine: for each layer of the range, the attached SAE
+ * whose hook point is in it, or -1. SAEs attached outside the range are not
+ * mined; two in one layer are refused, since their latents would share the
+ * store keys (sae_latent, layer, index). */
+static int find_saes(const lt_model *m, const lt_miner_opts *o, int *sae_of, int *n_sae) {
+    int nl = o->layer_hi - o->layer_lo + 1;
+    for (int l = 0; l < nl; l++) sae_of[l] = -1;
+    *n_sae = 0;
+    if (!(o->kinds & LT_MINE_SAE)) return LT_OK;
+    for (int a = 0; a < m->n_saes; a++) {
+        int l = lt_hook_layer(m, m->saes[a].point);
+        if (l < o->layer_lo || l > o->layer_hi) continue;
+        int *at = &sae_of[l - o->layer_lo];
+        if (*at >= 0)
+            return lt_fail("miner: two attached SAEs are in layer %d (at %s and %s), and their latents would share "
+                           "the keys sae_latent/%d/INDEX; mine them in separate runs under different model names",
+                           l, lt_hook_name(m, m->saes[*at].point), lt_hook_name(m, m->saes[a].point), l);
+        *at = a;
+        ++*n_sae;
+    }
+    if (!m->n_saes)
+        return lt_fail("miner: SAE latents asked for (LT_MINE_SAE), but no SAE is attached to the model "
+                       "(lt_model_attach_sae)");
+    if (!*n_sae)
+        return lt_fail("miner: SAE latents asked for (LT_MINE_SAE), but none of the %d SAEs attached to the model "
+                       "has its hook point in layers %d..%d", m->n_saes, o->layer_lo, o->layer_hi);
+    return LT_OK;
+}
+
+/* Folds n bytes into the hash h, eight at a time. */
+static uint64_t hash_bytes(uint64_t h, const void *p, size_t n) {
+    const unsigned char *b = p;
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        uint64_t w;
+        memcpy(&w, b + i, 8);
+        h = mix64(h ^ w);
+    }
+    uint64_t w = 0;
+    memcpy(&w, b + i, n - i);
+    return mix64(h ^ w ^ ((uint64_t)n << 56));
+}
+
+/* A fingerprint of an attached SAE: its configuration, whether it keeps its
+ * error term (that changes every later activation) and the bits of its
+ * weights. The miner state records it, so that a resume never continues the
+ * records of one SAE with the latents of another of the same shape. */
+static int sae_fingerprint(const lt_sae_attachment *at, uint64_t *out) {
+    lt_sae *sae = at->sae;
+    int64_t cfg[6] = {at->d_in, at->d_sae, lt_sae_architecture(sae), lt_sae_k(sae),
+                      lt_sae_apply_b_dec_to_input(sae), at->use_error};
+    const char *norm = lt_sae_normalize_activations(sae);
+    uint64_t h = hash_bytes(0x6c616e7465726e31ULL, cfg, sizeof cfg);
+    h = hash_bytes(h, norm, strlen(norm));
+    static const char *params[5] = {"W_enc", "b_enc", "W_dec", "b_dec", "threshold"};
+    int n_params = lt_sae_architecture(sae) == LT_SAE_JUMPRELU ? 5 : 4;
+    for (int i = 0; i < n_params; i++) {
+        lt_view v;
+        if (lt_sae_param(sae, params[i], &v)) return LT_ERR;
+        h = hash_bytes(h, v.data, (size_t)lt_view_numel(&v) * sizeof(float));
+    }
+    *out = h;
+    return LT_OK;
+}
+
+/* lt_miner_new after the options are checked: the groups, layer by layer. */
+static int miner_build(lt_model *m, const lt_miner_opts *opts, const int *sae_of, int n_sae, lt_miner **out) {
+    const lt_miner_opts o = *opts;
+    const lt_config *c = lt_model_config(m);
+    int nl = o.layer_hi - o.layer_lo + 1;
+    lt_miner *mn = calloc(1, sizeof *mn);
+    if (!mn) return lt_fail("out of memory");
+    mn->m = m;
+    mn->o = o;
+    mn->T = o.window;
+    if (lt_run_new(m, &mn->run)) { free(mn); return LT_ERR; }
+    int n_groups = ((o.kinds & LT_MINE_MLP) ? nl : 0) + ((o.kinds & LT_MINE_ATTN) ? nl : 0) + n_sae;
+    mn->groups = calloc((size_t)n_groups, sizeof *mn->groups);
+    mn->rand_win = calloc((size_t)o.n_random + 1, sizeof *mn->rand_win);
+    mn->rand_tok = calloc((size_t)o.n_random * o.window + 1, sizeof *mn->rand_tok);
+    if (!mn->groups || !mn->rand_win || !mn->rand_tok) { lt_miner_free(mn); return lt_fail("out of memory"); }
+    /* Node order: layer by layer, in each the MLP neurons, then the heads,
+     * then the SAE latents; it fixes the global node numbers that seed the
+     * per-node random choices. */
+    static const int kind_order[3] = {LT_MINE_MLP, LT_MINE_ATTN, LT_MINE_SAE};
+    for (int l = o.layer_lo; l <= o.layer_hi; l++) {
+        for (int k = 0; k < 3; k++) {
+            int kind = kind_order[k], a = kind == LT_MINE_SAE ? sae_of[l - o.layer_lo] : -1;
+            if (!(o.kinds & (unsigned)kind) || (kind == LT_MINE_SAE && a < 0)) continue;
+            group *g = &mn->groups[mn->n_groups++];
+            g->kind = kind;
+            g->layer = l;
+            g->n = kind == LT_MINE_MLP ? c->d_mlp : kind == LT_MINE_ATTN ? c->n_head : (int)m->saes[a].d_sae;
+            if (kind == LT_MINE_SAE) {
+                g->point = m->n_static_hooks + 4 * a + (LT_HOOK_SAE_ACTS_POST - LT_HOOK_SAE_ACTS_PRE);
+                snprintf(g->hook, sizeof g->hook, "%s", lt_hook_name(m, m->saes[a].point));
+                if (sae_fingerprint(&m->saes[a], &g->sae_hash)) { lt_miner_free(mn); return LT_ERR; }
+            }
+            if (kind == LT_MINE_ATTN) mn->max_extra = g->n;
+            g->first = mn->n_nodes;
+            mn->n_nodes += g->n;
+            if (g->n > mn->max_group) mn->max_group = g->n;
+            if (group_init(mn, g)) { lt_miner_free(mn); return LT_ERR; }
+        }
+    }
+    *out = mn;
+    return LT_OK;
+}
+
 int lt_miner_new(lt_model *m, const lt_miner_opts *opts, lt_miner **out) {
     if (!out) return lt_fail("lt_miner_new: out is NULL");
     *out = NULL;
@@ -389,44 +504,18 @@ int lt_miner_new(lt_model *m, const lt_miner_opts *opts, lt_miner **out) {
     if (o.n_random < 0 || o.n_random > 100000) return lt_fail("miner: n_random %d outside 0..100000", o.n_random);
     if (o.n_per_bin < 0 || o.n_per_bin > 100000) return lt_fail("miner: n_per_bin %d outside 0..100000", o.n_per_bin);
     if (o.quantile_windows < 1) return lt_fail("miner: quantile_windows must be at least 1");
-    if (o.kinds & LT_MINE_SAE)
-        return lt_fail("miner: SAE latents are not mined yet (kinds mlp and attn are)");
-    if (!o.kinds || (o.kinds & ~(unsigned)(LT_MINE_MLP | LT_MINE_ATTN)))
-        return lt_fail("miner: kinds 0x%x: choose LT_MINE_MLP and/or LT_MINE_ATTN", o.kinds);
+    if (!o.kinds || (o.kinds & ~(unsigned)(LT_MINE_MLP | LT_MINE_ATTN | LT_MINE_SAE)))
+        return lt_fail("miner: kinds 0x%x: choose from LT_MINE_MLP, LT_MINE_ATTN and LT_MINE_SAE", o.kinds);
     if (o.layer_hi < 0) o.layer_hi = c->n_layer - 1;
     if (o.layer_lo < 0 || o.layer_lo > o.layer_hi || o.layer_hi >= c->n_layer)
         return lt_fail("miner: layers %d..%d outside the model's 0..%d", o.layer_lo, o.layer_hi, c->n_layer - 1);
-
-    lt_miner *mn = calloc(1, sizeof *mn);
-    if (!mn) return lt_fail("out of memory");
-    mn->m = m;
-    mn->o = o;
-    mn->T = o.window;
-    if (lt_run_new(m, &mn->run)) { free(mn); return LT_ERR; }
-    int per_layer = ((o.kinds & LT_MINE_MLP) != 0) + ((o.kinds & LT_MINE_ATTN) != 0);
-    int nl = o.layer_hi - o.layer_lo + 1;
-    mn->groups = calloc((size_t)(per_layer * nl), sizeof *mn->groups);
-    mn->rand_win = calloc((size_t)o.n_random + 1, sizeof *mn->rand_win);
-    mn->rand_tok = calloc((size_t)o.n_random * o.window + 1, sizeof *mn->rand_tok);
-    if (!mn->groups || !mn->rand_win || !mn->rand_tok) { lt_miner_free(mn); return lt_fail("out of memory"); }
-    /* Node order: layer by layer, MLP neurons before heads; it fixes the
-     * global node numbers that seed the per-node random choices. */
-    for (int l = o.layer_lo; l <= o.layer_hi; l++) {
-        for (int k = 0; k < 2; k++) {
-            int kind = k == 0 ? LT_MINE_MLP : LT_MINE_ATTN;
-            if (!(o.kinds & (unsigned)kind)) continue;
-            group *g = &mn->groups[mn->n_groups++];
-            g->kind = kind;
-            g->layer = l;
-            g->n = kind == LT_MINE_MLP ? c->d_mlp : c->n_head;
-            g->first = mn->n_nodes;
-            mn->n_nodes += g->n;
-            if (g->n > mn->max_group) mn->max_group = g->n;
-            if (group_init(mn, g)) { lt_miner_free(mn); return LT_ERR; }
-        }
-    }
-    *out = mn;
-    return LT_OK;
+    int nl = o.layer_hi - o.layer_lo + 1, n_sae = 0;
+    int *sae_of = malloc((size_t)nl * sizeof *sae_of);   /* the attachment mined in each layer, or -1 */
+    if (!sae_of) return lt_fail("out of memory");
+    if (find_saes(m, &o, sae_of, &n_sae)) { free(sae_of); return LT_ERR; }
+    int rc = miner_build(m, &o, sae_of, n_sae, out);
+    free(sae_of);
+    return rc;
 }
 
 /* The window maxima that estimate the bin boundaries are not needed once
@@ -444,11 +533,17 @@ int lt_miner_node_count(const lt_miner *mn) { return mn ? mn->n_nodes : 0; }
 
 /* ------------------------------------------------------------------ feed */
 
-/* mlp: vals[n, B*T] = hook_post [B*T, M] transposed, in tiles so that both
- * sides stay in cache. */
-static int extract_mlp(lt_miner *mn, group *g, int B) {
+/* mlp and sae: vals[n, B*T] = the point's activation [B*T, n] (hook_post,
+ * hook_sae_acts_post) transposed, in tiles so that both sides stay in
+ * cache. */
+static int extract_rows(lt_miner *mn, group *g, int B) {
     lt_view v;
     if (lt_run_activation(mn->run, g->point, &v)) return LT_ERR;
+    /* An SAE detached or replaced since the miner was made would change the
+     * width under the same point. */
+    if (v.shape[v.ndim - 1] != g->n)
+        return lt_fail("%s has %lld features, the miner was made for %d (was an SAE detached or replaced?)",
+                       lt_hook_name(mn->m, g->point), (long long)v.shape[v.ndim - 1], g->n);
     size_t rows = (size_t)B * mn->T, M = (size_t)g->n;
     enum { TILE = 32 };
     for (size_t r0 = 0; r0 < rows; r0 += TILE)
@@ -569,7 +664,8 @@ int lt_miner_feed(lt_miner *mn, const int32_t *ids, int B, int T, int64_t first_
         free(mn->xvals);
         free(mn->slot_of);
         mn->vals = malloc(need * sizeof *mn->vals);
-        mn->xvals = malloc(need * sizeof *mn->xvals);
+        /* extra values only for heads (an SAE group can be far wider) */
+        mn->xvals = malloc(((size_t)mn->max_extra * B * T + 1) * sizeof *mn->xvals);
         mn->slot_of = malloc((size_t)B * sizeof *mn->slot_of);
         mn->vals_cap = mn->vals && mn->xvals && mn->slot_of ? need : 0;
         if (!mn->vals_cap) return lt_fail("out of memory for a batch of %d windows", B);
@@ -598,7 +694,7 @@ int lt_miner_feed(lt_miner *mn, const int32_t *ids, int B, int T, int64_t first_
     }
     for (int gi = 0; gi < mn->n_groups; gi++) {
         group *g = &mn->groups[gi];
-        if ((g->kind == LT_MINE_MLP ? extract_mlp(mn, g, B) : extract_attn(mn, g, B)))
+        if ((g->kind == LT_MINE_ATTN ? extract_attn(mn, g, B) : extract_rows(mn, g, B)))
             return lt_fail_context("miner, layer %d", g->layer);
         #pragma omp parallel for schedule(dynamic, 64)
         for (int i = 0; i < g->n; i++) update_node(mn, g, i, ids, B, first_window);
@@ -771,7 +867,26 @@ static void put_opts(wbuf *w, const lt_miner *mn) {
     wu32(w, (uint32_t)mn->n_nodes);
 }
 
-enum { OPTS_BYTES = 9 * 4 + 8 };
+enum { OPTS_BYTES = 9 * 4 + 8, OPTS_KINDS_AT = 5 * 4 };
+
+/* With SAE latents, the SAEs they come from (they must match too), in group
+ * order: u32 count, then per SAE u32 layer, u32 latents, u64 fingerprint,
+ * u32 name length and the attached hook point's name. */
+static void put_saes(wbuf *w, const lt_miner *mn) {
+    if (!(mn->o.kinds & LT_MINE_SAE)) return;
+    uint32_t n = 0;
+    for (int gi = 0; gi < mn->n_groups; gi++) n += mn->groups[gi].kind == LT_MINE_SAE;
+    wu32(w, n);
+    for (int gi = 0; gi < mn->n_groups; gi++) {
+        const group *g = &mn->groups[gi];
+        if (g->kind != LT_MINE_SAE) continue;
+        wu32(w, (uint32_t)g->layer);
+        wu32(w, (uint32_t)g->n);
+        wput(w, &g->sae_hash, 8);
+        wu32(w, (uint32_t)strlen(g->hook));
+        wput(w, g->hook, strlen(g->hook));
+    }
+}
 
 static int state_key(const char *model, const char *what, char *buf, size_t cap) {
     if (lt_store_node_key("run", "mine", model, 0, 0, buf, cap)) return LT_ERR;
@@ -785,7 +900,8 @@ static int state_key(const char *model, const char *what, char *buf, size_t cap)
 }
 
 /* State layout (little-endian): "LTMS", u32 version, the options (see
- * put_opts), i64 windows consumed; then per group in node order: per node
+ * put_opts), the SAEs when SAE latents are mined (put_saes), i64 windows
+ * consumed; then per group in node order: per node
  * u64 count, f64 mean, m2, m3, m4, u64 bin_seen[4], f64 bounds[5]; then,
  * while the bin boundaries are not fixed, f32 window maxima
  * [nodes][windows consumed]. The window records themselves are read back
@@ -794,6 +910,7 @@ static int encode_state(const lt_miner *mn, wbuf *w) {
     wput(w, STATE_MAGIC, 4);
     wu32(w, STATE_VERSION);
     put_opts(w, mn);
+    put_saes(w, mn);
     wi64(w, mn->consumed);
     for (int gi = 0; gi < mn->n_groups; gi++) {
         const group *g = &mn->groups[gi];
@@ -860,6 +977,32 @@ static int rget(rbuf *r, void *dst, size_t n) {
     return LT_OK;
 }
 
+/* Appends "<hook> (layer L, N latents, weights <fingerprint>)" to desc. */
+static void describe_sae(char *desc, size_t cap, const char *hook, int hook_len, uint32_t layer, uint32_t n,
+                         uint64_t hash) {
+    size_t at = strlen(desc);
+    if (at + 1 >= cap) return;
+    snprintf(desc + at, cap - at, "%s%.*s (layer %u, %u latents, weights %016llx)", at ? ", " : "", hook_len, hook,
+             layer, n, (unsigned long long)hash);
+}
+
+/* Reads the SAE section of a state (put_saes) and describes it into desc. */
+static int read_saes(rbuf *r, char *desc, size_t cap) {
+    uint32_t n;
+    if (rget(r, &n, 4)) return LT_ERR;
+    for (uint32_t i = 0; i < n; i++) {
+        uint32_t layer, width, name_len;
+        uint64_t hash;
+        if (rget(r, &layer, 4) || rget(r, &width, 4) || rget(r, &hash, 8) || rget(r, &name_len, 4) ||
+            name_len > r->left || name_len > 1000)
+            return LT_ERR;
+        describe_sae(desc, cap, r->p, (int)name_len, layer, width, hash);
+        r->p += name_len;
+        r->left -= name_len;
+    }
+    return LT_OK;
+}
+
 /* Copies records into slots 0..n-1 of node i (slot order = record order). */
 static int load_slots(slots *s, int i, int T, const lt_act_record *recs, int n, int want_ext) {
     if (n > s->cap) return LT_ERR;
@@ -913,16 +1056,41 @@ int lt_miner_resume(lt_miner *mn, lt_store *st, const char *model) {
     char magic[4];
     uint32_t version = 0;
     char opts[OPTS_BYTES];
-    wbuf mine = {0};
+    wbuf mine = {0}, mine_saes = {0};
     put_opts(&mine, mn);
+    put_saes(&mine_saes, mn);
     int64_t consumed = 0;
+    uint32_t state_kinds;
+    char theirs[1024] = "", ours[1024] = "";
     rc = LT_ERR;
     if (rget(&r, magic, 4) || memcmp(magic, STATE_MAGIC, 4) || rget(&r, &version, 4) || version != STATE_VERSION) {
         lt_fail("miner state %s: not a miner state of this version", key);
         goto done;
     }
-    if (rget(&r, opts, OPTS_BYTES) || rget(&r, &consumed, 8) || consumed < 0) {
+    if (rget(&r, opts, OPTS_BYTES)) {
         lt_fail("miner state %s: truncated", key);
+        goto done;
+    }
+    memcpy(&state_kinds, opts + OPTS_KINDS_AT, 4);
+    const char *saes_at = r.p;
+    if (((state_kinds & LT_MINE_SAE) && read_saes(&r, theirs, sizeof theirs)) || rget(&r, &consumed, 8) ||
+        consumed < 0) {
+        lt_fail("miner state %s: truncated", key);
+        goto done;
+    }
+    /* The SAEs first: with other SAEs the node count differs too, and
+     * "other SAEs" says why. */
+    size_t saes_len = (size_t)(r.p - saes_at) - 8;
+    if ((state_kinds & mn->o.kinds & LT_MINE_SAE) &&
+        (mine_saes.oom || mine_saes.n != saes_len || memcmp(saes_at, mine_saes.p, saes_len))) {
+        for (int gi = 0; gi < mn->n_groups; gi++) {
+            const group *g = &mn->groups[gi];
+            if (g->kind == LT_MINE_SAE)
+                describe_sae(ours, sizeof ours, g->hook, (int)strlen(g->hook), (uint32_t)g->layer, (uint32_t)g->n,
+                             g->sae_hash);
+        }
+        lt_fail("miner state %s was made with other SAEs: %s, not %s; resume with the SAEs of that run (the same "
+                "hook points and weights)", key, theirs, ours);
         goto done;
     }
     if (mine.oom || mine.n != OPTS_BYTES || memcmp(opts, mine.p, OPTS_BYTES)) {
@@ -990,6 +1158,7 @@ done:
         }
     }
     free(mine.p);
+    free(mine_saes.p);
     free(val);
     return rc;
 }

@@ -8,6 +8,9 @@
 --               layers = "0-1", store = "store/lantern.lmdb"}
 --   local st = lt.store.open("store/lantern.lmdb", {readonly = true})
 --   local rec = st:record{model = "hf-gpt2-tiny2", kind = "mlp_neuron", layer = 0, index = 5}
+--   -- SAE latents: kinds "sae" and SAEs attached (saes = {DIR, ...} or m:attach_sae)
+--   lt.mine.run{model = m, data = "corpus.txt", kinds = "mlp,sae", saes = {"saes/L1"}, layers = "0-1"}
+--   st:record{model = "hf-gpt2-tiny2", kind = "sae_latent", layer = 1, index = 12}
 local ffi = require("ffi")
 local bit = require("bit")
 local F = require("lantern.ffi")
@@ -141,6 +144,12 @@ end
 
 ------------------------------------------------------------------ options
 
+local function abspath(p)
+  if not p or p:sub(1, 1) == "/" then return p end
+  local pwd = os.getenv("PWD")
+  return pwd and (pwd .. "/" .. p) or p
+end
+
 local KIND_BITS = {mlp = 1, attn = 2, sae = 4}
 
 -- "mlp,attn" (or a list) -> mask and the canonical "mlp,attn".
@@ -152,14 +161,73 @@ function M.parse_kinds(kinds)
   for _, k in ipairs(list) do
     local b = KIND_BITS[k]
     if not b then error("mine: unknown kind '" .. tostring(k) .. "' (mlp, attn, sae)", 0) end
-    if b == 4 then error("mine: SAE latents cannot be mined yet (mlp and attn can)", 0) end
     if bit.band(mask, b) == 0 then mask = mask + b end
   end
   if mask == 0 then error("mine: no kinds to mine", 0) end
   local names = {}
   if bit.band(mask, 1) ~= 0 then names[#names + 1] = "mlp" end
   if bit.band(mask, 2) ~= 0 then names[#names + 1] = "attn" end
+  if bit.band(mask, 4) ~= 0 then names[#names + 1] = "sae" end
   return mask, table.concat(names, ",")
+end
+
+-- "a,b", {"a", sae_object, ...} or nil -> a list of SAELens directories and
+-- lt.sae objects.
+local function sae_specs(saes)
+  if saes == nil then return {} end
+  local list = {}
+  for _, v in ipairs(type(saes) == "table" and not saes.ptr and saes or {saes}) do
+    if type(v) == "string" then
+      for d in v:gmatch("[^,]+") do list[#list + 1] = d end
+    else
+      list[#list + 1] = v
+    end
+  end
+  return list
+end
+
+-- The weight processing that every SAE asks of the model (SAE:model_load_opts);
+-- an error when two disagree.
+local function sae_load_opts(saes, base)
+  local opts, from = {}, {}
+  for k, v in pairs(base or {}) do opts[k] = v end
+  for _, sae in ipairs(saes) do
+    for k, v in pairs(sae:model_load_opts()) do
+      if from[k] ~= nil and opts[k] ~= v then
+        error(string.format("mine: the SAEs %s and %s ask for different weight processing (%s)", from[k],
+                            sae.dir or tostring(sae), k), 0)
+      end
+      opts[k], from[k] = v, sae.dir or tostring(sae)
+    end
+  end
+  return opts
+end
+
+-- The layer of an attached SAE (of its hook point).
+local function sae_layer(m, hook)
+  return C.lt_hook_layer(m.ptr, m:hook_point(hook))
+end
+
+-- The attached SAEs whose latents a run over layers lo..hi mines, in layer
+-- order: {hook=, layer=, d_sae=, dir=}.
+local function mined_saes(m, lo, hi)
+  local out = {}
+  for _, a in ipairs(m:saes()) do
+    local l = sae_layer(m, a.hook)
+    if l >= lo and l <= hi then
+      out[#out + 1] = {hook = a.hook, layer = l, d_sae = a.sae.d_sae, dir = a.sae.dir and abspath(a.sae.dir)}
+    end
+  end
+  table.sort(out, function(a, b) return a.layer < b.layer end)
+  return out
+end
+
+local function describe_saes(list)
+  local parts = {}
+  for _, s in ipairs(list) do
+    parts[#parts + 1] = string.format("%s (%d latents%s)", s.hook, s.d_sae, s.dir and (", " .. s.dir) or "")
+  end
+  return #parts > 0 and table.concat(parts, "; ") or "none"
 end
 
 
@@ -186,12 +254,6 @@ function M.parse_layers(layers, n_layer)
   return lo, hi
 end
 
-local function abspath(p)
-  if not p or p:sub(1, 1) == "/" then return p end
-  local pwd = os.getenv("PWD")
-  return pwd and (pwd .. "/" .. p) or p
-end
-
 -- The saved description of a run (run/mine/<model>/info), or nil.
 function M.run_info(st, name)
   return st:get_json("runs", "run/mine/" .. name .. "/info")
@@ -204,19 +266,27 @@ local KEPT = {"window", "top", "random", "per_bin", "quantile_windows", "kinds",
 
 -- lt.mine.run{model=, data=, window=64, top=20, random=20, per_bin=5,
 -- quantile_windows=, kinds="mlp", layers=, seed=0, batch=8, store=, name=,
--- resume=false, max_windows=, commit_every=64, tokenizer=, progress=fn}:
+-- resume=false, max_windows=, commit_every=64, tokenizer=, saes=, progress=fn}:
 -- mines data into the store. model: a Model or a model directory; store:
 -- a path (default store.default_path()) or an open Store. progress(done,
--- total, seconds, resumed_from, window) is called after every batch. Returns a summary table
--- {model=, windows=, tokens=, seconds=, nodes=, commits=, resumed_from=}.
+-- total, seconds, resumed_from, window) is called after every batch.
+-- saes: SAELens directories ({DIR, ...} or "DIR,DIR") or lt.sae objects,
+-- attached to the model before mining (they stay attached; a model given
+-- as a directory is loaded with the weight processing they ask for); each
+-- must be in `layers`. With kind "sae" the latents of every attached SAE
+-- in `layers` are mined (SAEs attached to the Model beforehand and outside
+-- `layers` are not). A resume without saes loads those of the interrupted
+-- run. Returns a summary table {model=, windows=, tokens=, seconds=, nodes=,
+-- commits=, resumed_from=, saes=}.
 function M.run(o)
   if type(o) ~= "table" then error("mine.run expects an options table", 2) end
   if type(o.data) ~= "string" then error("mine.run: data must be a file path", 2) end
-  local lt = require("lantern")
   local m = o.model
-  if type(m) == "string" then m = lt.load(m, {tokenizer = o.tokenizer}) end
-  if type(m) ~= "table" or not m.ptr then error("mine.run: model must be a Model or a model directory", 2) end
-  local name = o.name or m.name
+  if type(m) ~= "string" and (type(m) ~= "table" or not m.ptr) then
+    error("mine.run: model must be a Model or a model directory", 2)
+  end
+  -- A directory is loaded once the SAEs are known (their weight processing).
+  local name = o.name or (type(m) == "string" and m:gsub("/+$", ""):match("([^/]+)$") or m.name)
   local st, own_store = o.store, false
   if type(st) ~= "table" then
     st = store_mod.open(st or store_mod.default_path())
@@ -230,10 +300,35 @@ end
 
 function M._run(o, m, name, st)
   o = setmetatable({}, {__index = o})   -- resumed options fill in, the caller's table stays
+  local lt = require("lantern")
   local data_path = abspath(o.data)
   local info_before = M.run_info(st, name)
+  if o.resume and not info_before then error("mine: nothing to resume for model '" .. name .. "' in " .. st.path, 0) end
+
+  -- The SAEs: given, or on a resume those the interrupted run loaded from
+  -- directories (unless the Model has SAEs attached already).
+  local specs = sae_specs(o.saes)
+  if o.resume and o.saes == nil and info_before.saes and (type(m) == "string" or #m:saes() == 0) then
+    for _, s in ipairs(info_before.saes) do
+      if not s.dir then
+        error(string.format("mine --resume: the run mined the SAE at %s, which was not loaded from a directory; "
+                            .. "attach it again (m:attach_sae) to resume", s.hook), 0)
+      end
+      specs[#specs + 1] = s.dir
+    end
+  end
+  local saes = {}
+  for i, v in ipairs(specs) do
+    if type(v) == "string" then
+      local ok, sae = pcall(lt.sae.load, v)
+      if not ok then error("mine: --sae " .. v .. ": " .. tostring(sae):gsub("^[^:\n]*:%d+: ", ""), 0) end
+      v = sae
+    end
+    saes[i] = v
+  end
+  if type(m) == "string" then m = lt.load(m, sae_load_opts(saes, {tokenizer = o.tokenizer})) end
+
   if o.resume then
-    if not info_before then error("mine: nothing to resume for model '" .. name .. "' in " .. st.path, 0) end
     for _, k in ipairs(KEPT) do
       local saved = info_before[k]
       if type(saved) == "table" then saved = saved[1] .. "-" .. saved[2] end
@@ -259,6 +354,20 @@ function M._run(o, m, name, st)
   local B = o.batch or 8
   local mask, kinds = M.parse_kinds(o.kinds)
   local lo, hi = M.parse_layers(o.layers, m.cfg.n_layer)
+  local mined = M._attach_saes(m, saes, mask, kinds, lo, hi)
+  if o.resume and bit.band(mask, 4) ~= 0 then
+    -- Hook points and widths here; the weights are compared by the C
+    -- state check (lt_miner_resume).
+    local was = info_before.saes or {}
+    local same = #was == #mined
+    for i = 1, #mined do
+      same = same and was[i].hook == mined[i].hook and was[i].d_sae == mined[i].d_sae
+    end
+    if not same then
+      error(string.format("mine --resume: the run being resumed mined the SAEs %s, not %s", describe_saes(was),
+                          describe_saes(mined)), 0)
+    end
+  end
   local data = M.open_data(o.data, T, m.tokenizer)
   local total = data.total
   if o.max_windows then total = math.min(total, o.max_windows) end
@@ -283,6 +392,7 @@ function M._run(o, m, name, st)
     window = T, top = copts.top_n, random = copts.n_random, per_bin = copts.n_per_bin,
     quantile_windows = K, kinds = kinds, layers = {lo, hi}, seed = tonumber(copts.seed), batch = B,
     max_windows = o.max_windows, windows = 0, complete = false,
+    saes = bit.band(mask, 4) ~= 0 and mined or nil,
   }
   local resumed_from = 0
   if o.resume then
@@ -328,7 +438,7 @@ function M._run(o, m, name, st)
   if info_before and info_before.complete and o.resume then
     data:close()
     return {model = name, windows = done, tokens = done * T, seconds = 0, nodes = C.lt_miner_node_count(miner),
-            commits = 0, resumed_from = resumed_from, complete = true, store = st.path, window = T}
+            commits = 0, resumed_from = resumed_from, complete = true, store = st.path, window = T, saes = info.saes}
   end
   while done < limit do
     local want = math.min(B, limit - done)
@@ -348,7 +458,39 @@ function M._run(o, m, name, st)
   commit(true)
   return {model = name, windows = done, tokens = done * T, seconds = bench.now() - t0,
           nodes = C.lt_miner_node_count(miner), commits = commits, resumed_from = resumed_from, complete = true,
-          store = st.path, window = T, commit_seconds = commit_time}
+          store = st.path, window = T, commit_seconds = commit_time, saes = info.saes}
+end
+
+-- Attaches saes (lt.sae objects) to m after checking them against the kinds
+-- and layers lo..hi; returns the SAEs whose latents the run mines
+-- (mined_saes).
+function M._attach_saes(m, saes, mask, kinds, lo, hi)
+  local want = bit.band(mask, 4) ~= 0
+  if #saes > 0 and not want then
+    error("mine: SAEs given (--sae) but the kinds " .. kinds .. " have no sae; add sae to --kinds", 0)
+  end
+  for _, sae in ipairs(saes) do
+    local l = C.lt_hook_layer(m.ptr, sae:check_model(m))
+    if l < lo or l > hi then
+      error(string.format("mine: the SAE %s reads %s (layer %d), outside layers %d-%d; SAEs are mined only "
+                          .. "within --layers: widen --layers or leave that SAE out", sae.dir or tostring(sae),
+                          sae.hook_name, l, lo, hi), 0)
+    end
+  end
+  for _, sae in ipairs(saes) do m:attach_sae(sae) end
+  if not want then return {} end
+  if #m:saes() == 0 then
+    error("mine: SAE latents asked for (kinds " .. kinds .. "), but no SAE is given: --sae DIR "
+          .. "(lt.mine.run{saes = {DIR}}, or m:attach_sae(sae) before)", 0)
+  end
+  local mined = mined_saes(m, lo, hi)
+  if #mined == 0 then
+    local all = {}
+    for _, a in ipairs(m:saes()) do all[#all + 1] = string.format("%s (layer %d)", a.hook, sae_layer(m, a.hook)) end
+    error(string.format("mine: SAE latents asked for, but none of the attached SAEs is in layers %d-%d: %s",
+                        lo, hi, table.concat(all, ", ")), 0)
+  end
+  return mined
 end
 
 return M

@@ -1,7 +1,8 @@
 -- test_mine.lua: the miner from Lua and the CLI on the tiny GPT-2 fixture
 -- with random token windows: top windows and moments against run_with_cache
--- per window, SIGKILL mid-run then --resume giving the bytes of an
--- uninterrupted run, readers seeing whole commits while the miner writes,
+-- per window (MLP neurons, and the latents of two random SAEs), SIGKILL
+-- mid-run then --resume giving the bytes of an uninterrupted run (also
+-- with SAE latents), readers seeing whole commits while the miner writes,
 -- `show`, text data, option errors.
 local check = require("check")
 local lt = require("lantern")
@@ -149,6 +150,121 @@ function tests.brute_force_top_and_moments()
   st:close()
 end
 
+-- Two random SAELens directories: a TopK SAE on layer 0's MLP output and a
+-- ReLU SAE on layer 1's residual stream (seed varies the weights).
+local SAE_SPECS = {
+  {dir = "sae0", hook = "blocks.0.mlp.hook_post", d_in = 256, d_sae = 48, architecture = "topk", k = 8, layer = 0},
+  {dir = "sae1", hook = "blocks.1.hook_resid_pre", d_in = 64, d_sae = 32, architecture = "standard", layer = 1},
+}
+local function make_saes(seed, suffix)
+  local dirs = {}
+  for i, sp in ipairs(SAE_SPECS) do
+    local sae = lt.sae.new{d_in = sp.d_in, d_sae = sp.d_sae, architecture = sp.architecture, k = sp.k,
+                           hook_name = sp.hook, seed = seed + i}
+    local b = sae:param("b_enc")
+    for j = 0, b.numel - 1 do b.data[j] = 0.01 * (j % 3) end   -- so that the ReLU latents fire often
+    dirs[i] = path(sp.dir .. (suffix or ""))
+    sae:save(dirs[i])
+  end
+  return dirs
+end
+
+function tests.sae_latents_brute_force()
+  local dirs = make_saes(20)
+  local sp = path("sae_brute")
+  local res = mine.run{model = MODEL, data = DATA, window = T, top = 5, random = 4, per_bin = 2, kinds = "mlp,sae",
+                       saes = dirs, store = sp, batch = 3}
+  check.eq(res.nodes, 2 * 256 + 48 + 32, "nodes: neurons and latents")
+  check.eq(#res.saes, 2, "SAEs mined")
+  check.eq(res.saes[2].hook, "blocks.1.hook_resid_pre", "second SAE")
+  -- brute force: the latents of each window on its own, from the spliced
+  -- run's hook_sae_acts_post (SAEs loaded again from their directories)
+  local m = lt.load(MODEL)
+  local names = {}
+  for i, spec in ipairs(SAE_SPECS) do
+    m:attach_sae(lt.sae.load(dirs[i]))
+    names[i] = spec.hook .. ".hook_sae_acts_post"
+  end
+  local acts = {}   -- acts[i][latent][window] = {T values}
+  for i, spec in ipairs(SAE_SPECS) do
+    acts[i] = {}
+    for l = 0, spec.d_sae - 1 do acts[i][l] = {} end
+  end
+  for w = 0, NW - 1 do
+    local ids = {}
+    for t = 1, T do ids[t] = IDS[w * T + t] end
+    local _, cache = m:run_with_cache(ids, {names = names})
+    for i, spec in ipairs(SAE_SPECS) do
+      local z = cache[names[i]]
+      for l = 0, spec.d_sae - 1 do
+        local v = {}
+        for t = 0, T - 1 do v[t + 1] = z.data[t * spec.d_sae + l] end
+        acts[i][l][w] = v
+      end
+    end
+  end
+  local st = store.open(sp, {readonly = true})
+  local fired, latents = 0, 0
+  for i, spec in ipairs(SAE_SPECS) do
+    for l = 0, spec.d_sae - 1 do
+      local per = acts[i][l]
+      local ranked, sum, count = {}, 0, 0
+      for w = 0, NW - 1 do
+        local mx = -math.huge
+        for _, a in ipairs(per[w]) do
+          if a > mx then mx = a end
+          sum = sum + a
+          count = count + 1
+        end
+        ranked[#ranked + 1] = {w = w, max = mx}
+      end
+      table.sort(ranked, function(a, b) if a.max ~= b.max then return a.max > b.max end return a.w < b.w end)
+      local mean = sum / count
+      local m2, m3, m4 = 0, 0, 0
+      for w = 0, NW - 1 do
+        for _, a in ipairs(per[w]) do
+          local d = a - mean
+          m2, m3, m4 = m2 + d * d, m3 + d ^ 3, m4 + d ^ 4
+        end
+      end
+      local rec = st:record{model = "hf-gpt2-tiny2", kind = "sae_latent", layer = spec.layer, index = l}
+      local where = string.format("L%d/F%d", spec.layer, l)
+      check.truthy(rec, where .. " stored")
+      check.eq(#rec.top, 5, where .. " top count")
+      for k = 1, 5 do
+        check.eq(rec.top[k].window, ranked[k].w, where .. " top " .. k .. " window")
+        check.eq(rec.top[k].extra, nil, where .. " no extra array")
+        for t = 1, T do
+          check.near(rec.top[k].acts[t], per[ranked[k].w][t], 1e-4 * (1 + math.abs(per[ranked[k].w][t])), where .. " act")
+          check.eq(rec.top[k].tokens[t], IDS[ranked[k].w * T + t], where .. " token")
+        end
+      end
+      check.eq(rec.count, count, where .. " count")
+      local var = m2 / count
+      check.near(rec.mean, mean, 1e-5 * (math.abs(mean) + math.sqrt(var)), where .. " mean")
+      check.near(rec.variance, var, 1e-5 * var, where .. " variance")
+      if m2 > 0 then
+        local skew, kurt = math.sqrt(count) * m3 / m2 ^ 1.5, count * m4 / (m2 * m2) - 3
+        check.near(rec.skewness, skew, 1e-5 * (1 + math.abs(skew)), where .. " skewness")
+        check.near(rec.kurtosis, kurt, 1e-5 * (1 + math.abs(kurt)), where .. " kurtosis")
+        fired = fired + 1
+      else   -- never fired: no shape
+        check.truthy(rec.skewness ~= rec.skewness and rec.kurtosis ~= rec.kurtosis, where .. " NaN shape")
+      end
+      latents = latents + 1
+      check.eq(#rec.random, 4, where .. " random")
+      check.eq(#rec.quantiles, 4, where .. " bins")
+    end
+  end
+  check.truthy(fired >= latents * 3 / 4, string.format("only %d of %d latents fired", fired, latents))
+  check.eq(st:record{model = "hf-gpt2-tiny2", kind = "sae_latent", layer = 1, index = 32}, nil, "no latent 32")
+  local info = mine.run_info(st, "hf-gpt2-tiny2")
+  check.eq(info.kinds, "mlp,sae", "info kinds")
+  check.eq(#info.saes, 2, "info SAEs")
+  check.eq(info.saes[1].dir, dirs[1], "info SAE directory")
+  st:close()
+end
+
 local function cli(args, env)
   return string.format("%s LANTERN_LIB=%s %s %s", env or "", os.getenv("LANTERN_LIB") or "", CLI, args)
 end
@@ -193,6 +309,57 @@ function tests.sigkill_then_resume_matches_uninterrupted()
   check.truthy((read(log) or ""):find("top is 4 in the run being resumed", 1, true), tostring(read(log)))
   check.truthy(not sh(cli(MINE_ARGS .. " --store " .. path("none") .. " --resume 2>" .. log)), "nothing to resume")
   check.truthy((read(log) or ""):find("nothing to resume", 1, true), tostring(read(log)))
+end
+
+function tests.sae_sigkill_then_resume_matches_uninterrupted()
+  local dirs = make_saes(40, "_cli")
+  local args = string.format("mine --model %s --data %s --window %d --top 4 --kinds mlp,attn,sae --batch 2 "
+                             .. "--commit-every 4", MODEL, DATA, T)
+  local with_saes = args .. " --sae " .. dirs[1] .. " --sae " .. dirs[2]
+  local full, killed = path("sae_full"), path("sae_killed")
+  local log, pidfile = path("sae_killed.log"), path("sae_killed.pid")
+  check.truthy(sh(cli(args .. " --sae " .. dirs[1] .. "," .. dirs[2] .. " --store " .. full .. " 2>" .. log)),
+               "uninterrupted run: " .. tostring(read(log)))
+  check.truthy((read(log) or ""):find("SAE latents: 48 of blocks.0.mlp.hook_post, 32 of blocks.1.hook_resid_pre", 1, true),
+               "summary names the SAEs: " .. tostring(read(log)))
+  check.truthy(sh(cli(with_saes .. " --store " .. killed .. " 2>" .. log .. " & echo $! > " .. pidfile,
+                      "LANTERN_MINE_PAUSE_AFTER=3")), "background run")
+  local paused = false
+  for _ = 1, 400 do
+    if (read(log) or ""):find("paused after 3 commits", 1, true) then paused = true break end
+    sh("sleep 0.05")
+  end
+  local pid = (read(pidfile) or ""):match("%d+")
+  check.truthy(paused and pid, "the run paused: " .. tostring(read(log)))
+  sh("kill -9 " .. pid)
+  sh("sleep 0.2")
+  local st = store.open(killed, {readonly = true})
+  check.eq(st:record{model = "hf-gpt2-tiny2", kind = "sae_latent", layer = 1, index = 3}.count, 12 * T, "latent count")
+  st:close()
+  -- another SAE at the same hook point with the same width: refused by the
+  -- state's fingerprint of the weights
+  local other = make_saes(77, "_other")
+  check.truthy(not sh(cli(args .. " --sae " .. dirs[1] .. "," .. other[2] .. " --store " .. killed .. " --resume 2>" .. log)),
+               "other SAE weights")
+  check.truthy((read(log) or ""):find("was made with other SAEs", 1, true), tostring(read(log)))
+  -- an SAE missing: refused before the miner starts
+  check.truthy(not sh(cli(args .. " --sae " .. dirs[1] .. " --store " .. killed .. " --resume 2>" .. log)),
+               "a missing SAE")
+  check.truthy((read(log) or ""):find("the run being resumed mined the SAEs", 1, true), tostring(read(log)))
+  -- without --sae the resume loads the run's SAEs
+  check.truthy(sh(cli(args .. " --store " .. killed .. " --resume 2>" .. log)), "resume: " .. tostring(read(log)))
+  check.truthy((read(log) or ""):find("24 windows (12 new)", 1, true), "summary: " .. tostring(read(log)))
+  local a, na = dump(full, "records")
+  local b, nb = dump(killed, "records")
+  check.eq(na, 2 * (256 + 4) + 48 + 32, "every node stored")
+  check.eq(nb, na, "record count")
+  check.truthy(a == b, "records byte for byte")
+  check.truthy(dump(full, "runs") == dump(killed, "runs"), "miner state byte for byte")
+  -- show finds a latent
+  local out = path("show_sae.txt")
+  check.truthy(sh(cli("show sae 1:3 --top 2 --store " .. full .. " >" .. out .. " 2>&1")), "show: " .. tostring(read(out)))
+  check.truthy((read(out) or ""):find("hf-gpt2-tiny2 L1/F3 (sae_latent)", 1, true), tostring(read(out)))
+  check.truthy((read(out) or ""):find("top records (2 of 4)", 1, true), tostring(read(out)))
 end
 
 function tests.reader_sees_whole_commits()
@@ -296,6 +463,20 @@ function tests.option_errors()
   f:write("some text\n")
   f:close()
   check.raises(function() mine.run{model = m, data = DATA, kinds = "sae", store = path("e")} end, "SAE latents")
+  local dirs = make_saes(60, "_err")
+  check.raises(function() mine.run{model = MODEL, data = DATA, saes = dirs, store = path("e")} end,
+               "the kinds mlp have no sae")
+  check.raises(function() mine.run{model = MODEL, data = DATA, kinds = "sae", saes = dirs, layers = "0", store = path("e")} end,
+               "reads blocks.1.hook_resid_pre (layer 1), outside layers 0-0")
+  -- two SAEs in one layer would share the keys sae_latent/1/I
+  local twin = lt.sae.new{d_in = 64, d_sae = 8, hook_name = "blocks.1.hook_resid_post", seed = 1}
+  check.raises(function() mine.run{model = MODEL, data = DATA, kinds = "sae", saes = {dirs[2], twin}, store = path("e")} end,
+               "two attached SAEs are in layer 1")
+  -- an SAE attached to the Model outside the layers is not mined; none in range is an error
+  local m2 = lt.load(MODEL)
+  m2:attach_sae(lt.sae.load(dirs[2]))
+  check.raises(function() mine.run{model = m2, data = DATA, kinds = "sae", layers = "0", store = path("e")} end,
+               "none of the attached SAEs is in layers 0-0")
   check.raises(function() mine.run{model = m, data = DATA, kinds = "mlp,foo", store = path("e")} end, "unknown kind")
   check.raises(function() mine.run{model = m, data = DATA, layers = "0-5", store = path("e")} end, "outside the model")
   check.raises(function() mine.run{model = m, data = path("missing.txt"), store = path("e")} end, "cannot open")

@@ -1,6 +1,8 @@
 -- lantern.cli.args: parses `--flag value`, `--flag=value` and `--switch`
 -- options for the subcommands. spec maps option names to "string",
--- "number" or "boolean"; anything else is an error naming the option.
+-- "number", "boolean" or "list" (a string option that may be repeated: a
+-- list of its values in order); anything else is an error naming the
+-- option.
 local M = {}
 
 function M.parse(argv, spec)
@@ -26,7 +28,12 @@ function M.parse(argv, spec)
           if not n then error("option --" .. name .. " expects a number, got '" .. value .. "'", 0) end
           value = n
         end
-        opts[name] = value
+        if kind == "list" then
+          opts[name] = opts[name] or {}
+          table.insert(opts[name], value)
+        else
+          opts[name] = value
+        end
       end
     else
       positional[#positional + 1] = a

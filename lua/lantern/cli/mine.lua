@@ -1,6 +1,6 @@
 -- lantern mine: mines a dataset for the top, random and quantile-bin
--- records and the statistics of every MLP neuron and attention head of a
--- model, into the store (lua/lantern/mine.lua, docs/mining.md).
+-- records and the statistics of every MLP neuron, attention head and SAE
+-- latent of a model, into the store (lua/lantern/mine.lua, docs/mining.md).
 local args = require("lantern.cli.args")
 local ffi = require("ffi")
 
@@ -16,12 +16,21 @@ usage: lantern mine --model DIR --data FILE [options]
   --per-bin N           random windows kept per quantile bin (default 5)
   --quantile-windows N  windows whose maxima set the bin boundaries
                         (default min(1024, windows / 4))
-  --kinds LIST          mlp,attn (default mlp; sae is not mined yet)
+  --kinds LIST          any of mlp,attn,sae (default mlp); sae needs --sae
   --layers A-B          layer range, or one layer (default all)
+  --sae DIR             an SAELens SAE directory (cfg.json +
+                        sae_weights.safetensors) to attach and mine; repeat
+                        the option or separate directories with commas. An
+                        SAE's latents are stored under the layer of its hook
+                        point; SAEs are mined only within --layers (one
+                        outside is an error), at most one per layer. The
+                        model gets the weight processing the SAEs' cfg.json
+                        asks for
   --store PATH          store directory (default store/lantern.lmdb)
   --name NAME           model name in the store (default: the model
                         directory's base name)
-  --resume              continue the interrupted run of NAME
+  --resume              continue the interrupted run of NAME (with the same
+                        SAEs; without --sae, those it loaded)
   --max-windows N       stop after N windows
   --batch B             windows per forward pass (default 8)
   --commit-every N      commit every N windows (default 64, later when
@@ -51,13 +60,11 @@ local function run(argv)
     model = "string", data = "string", window = "number", top = "number", random = "number",
     ["per-bin"] = "number", ["quantile-windows"] = "number", kinds = "string", layers = "string",
     store = "string", name = "string", resume = "boolean", ["max-windows"] = "number", batch = "number",
-    ["commit-every"] = "number", seed = "number", tokenizer = "string",
+    ["commit-every"] = "number", seed = "number", tokenizer = "string", sae = "list",
   })
   if not o.model then error("--model DIR is required\n" .. usage, 0) end
   if not o.data then error("--data FILE is required\n" .. usage, 0) end
-  local lt = require("lantern")
   local mine = require("lantern.mine")
-  local m = lt.load(o.model, {tokenizer = o.tokenizer})
   local tty = ffi.C.isatty(2) == 1
   local progress
   if tty then
@@ -77,16 +84,19 @@ local function run(argv)
     end
   end
   local res = mine.run{
-    model = m, data = o.data, window = o.window, top = o.top, random = o.random, per_bin = o["per-bin"],
+    model = o.model, tokenizer = o.tokenizer, saes = o.sae, data = o.data, window = o.window, top = o.top, random = o.random, per_bin = o["per-bin"],
     quantile_windows = o["quantile-windows"], kinds = o.kinds, layers = o.layers, store = o.store, name = o.name,
     resume = o.resume, max_windows = o["max-windows"], batch = o.batch, commit_every = o["commit-every"],
     seed = o.seed, progress = progress,
   }
   if tty then io.stderr:write("\n") end
   local new = res.windows - res.resumed_from
-  io.stderr:write(string.format("lantern mine: %s: %d windows (%d new) of %s, %d nodes, %s tok/s, %.1f s, store %s\n",
-    res.model, res.windows, new, o.data, res.nodes, rate(new * res.window / math.max(res.seconds, 1e-9)),
-    res.seconds, res.store or o.store or "store/lantern.lmdb"))
+  local latents = {}
+  for _, s in ipairs(res.saes or {}) do latents[#latents + 1] = string.format("%d of %s", s.d_sae, s.hook) end
+  io.stderr:write(string.format("lantern mine: %s: %d windows (%d new) of %s, %d nodes%s, %s tok/s, %.1f s, store %s\n",
+    res.model, res.windows, new, o.data, res.nodes,
+    #latents > 0 and (" (SAE latents: " .. table.concat(latents, ", ") .. ")") or "",
+    rate(new * res.window / math.max(res.seconds, 1e-9)), res.seconds, res.store or o.store or "store/lantern.lmdb"))
   return 0
 end
 
