@@ -66,8 +66,10 @@ end
 
 function tests.ioi_examples_well_formed()
   local orders = {}
-  for _, split in ipairs({ "train", "test" }) do
-    for _, ex in ipairs(D.ioi{ n = 500, seed = 1, split = split }) do
+  for _, split in ipairs({ "train", "test", "vary" }) do
+    local opts = { n = 500, seed = 1, split = split }
+    if split == "vary" then opts.split, opts.vary = "train", true end
+    for _, ex in ipairs(D.ioi(opts)) do
       local io, s = ex.io, ex.s
       check.truthy(io ~= s, "two different names")
       check.eq(ex.target, " " .. io, "target is IO with a leading space")
@@ -88,13 +90,43 @@ function tests.ioi_examples_well_formed()
       check.eq(#ex.corrupt - #c, #ex.prompt - #s, "corrupt differs only in that name")
     end
   end
-  check.truthy(orders.ABBA > 300 and orders.BABA > 300, "both orders, about evenly")
+  check.truthy(orders.ABBA > 450 and orders.BABA > 450, "both orders, about evenly")
   local only = D.ioi{ n = 20, order = "ABBA" }
   for _, ex in ipairs(only) do check.eq(ex.order, "ABBA", "order option") end
   check.truthy(#D.ioi_names() >= 40, "at least 40 names")
   check.truthy(#D.ioi_templates() >= 15, "at least 15 templates")
   check.raises(function() D.ioi{ split = "dev" } end, 'split must be "train" or "test"')
   check.raises(function() D.ioi{ n = -1 } end, "non-negative integer")
+end
+
+-- vary draws half the templates from composed ones (never a test
+-- template) and moves the names within templates (an adjective before the
+-- place or object, a sentence before the prompt); answers stay as they are
+-- (ioi_examples_well_formed checks varied examples too).
+function tests.ioi_vary()
+  local varied = D.ioi{ n = 300, seed = 4, vary = true }
+  check.eq(ioi_key(varied), ioi_key(D.ioi{ n = 300, seed = 4, vary = true }), "deterministic")
+  local train, test = {}, {}
+  for _, t in ipairs(D.ioi_templates("train")) do train[t] = true end
+  for _, t in ipairs(D.ioi_templates("test")) do test[t] = true end
+  local adjectives, prefixed, composed, kinds = 0, 0, 0, {}
+  for _, ex in ipairs(varied) do
+    local base = ex.template:gsub("^[^{]-%. ", ""):gsub("the %a+ {P}", "the {P}"):gsub("a %a+ {O}", "a {O}")
+    check.truthy(not test[base], "never a test template: " .. ex.template)
+    if not train[base] then composed = composed + 1 end
+    kinds[base] = true
+    if ex.template:find("the %a+ {P}") or ex.template:find("a %a+ {O}") then adjectives = adjectives + 1 end
+    if ex.template:match("^(.-){A}"):find(". ", 1, true) then prefixed = prefixed + 1 end
+  end
+  local n_kinds = 0
+  for _ in pairs(kinds) do n_kinds = n_kinds + 1 end
+  check.truthy(composed > 100 and composed < 200, string.format("about half composed templates (%d of 300)", composed))
+  check.truthy(n_kinds > 100, string.format("many distinct templates (%d in 300 prompts)", n_kinds))
+  check.truthy(adjectives > 100, string.format("adjectives in many prompts (%d of 300)", adjectives))
+  check.truthy(prefixed > 100, string.format("about half have a sentence before them (%d of 300)", prefixed))
+  for _, ex in ipairs(D.ioi{ n = 100, seed = 4 }) do
+    check.truthy(train[ex.template], "without vary, only the train templates: " .. ex.template)
+  end
 end
 
 function tests.ioi_split_disjoint()

@@ -73,6 +73,41 @@ local TEMPLATES = {
   { "During a walk to the {P}, {A} and {B} talked, and {S} waved to", test = true },
 }
 
+-- Variation for training data (opts.vary): words and sentences that move
+-- the names to other positions within a template, so that a model cannot
+-- answer by remembering where the answer sits in each training template.
+local PLACE_ADJECTIVES = { "old", "new", "big", "small", "quiet", "busy", "local", "nearby", "crowded", "empty" }
+local OBJECT_ADJECTIVES = { "small", "big", "red", "blue", "nice", "new", "cheap", "heavy", "pretty", "green" }
+local PREFIXES = {
+  "It was a long day.", "The weather was nice.", "Everyone was busy that week.", "It was late.",
+  "The sun was out.", "Nobody expected what happened next.", "It was a cold morning in the town.",
+  "This happened last year.", "The day started slowly.", "It had rained all night.",
+}
+
+-- Composed train templates (opts.vary): an opening that introduces {A}
+-- and {B}, then a clause where {S} acts towards the indirect object. Their
+-- products give a few hundred templates; any that equals a test template
+-- is drawn again.
+local OPENINGS = {
+  "When {A} and {B} {V} to the {P},", "After {A} and {B} {V} to the {P},", "{A} and {B} {V} to the {P}, and",
+  "While {A} and {B} were at the {P},", "Once {A} and {B} got to the {P},", "{A} and {B} met at the {P}. Then",
+  "As {A} and {B} {V} to the {P},", "{A} and {B} visited the {P}, where", "Because {A} and {B} were at the {P},",
+  "{A} and {B} stayed at the {P} all day, and",
+}
+local MOTION_VERBS = { "went", "walked", "drove", "ran", "came", "moved" }
+local CLAUSES = {
+  "{S} gave a {O} to", "{S} handed a {O} to", "{S} threw a {O} to", "{S} showed a {O} to", "{S} sold a {O} to",
+  "{S} passed a {O} to", "{S} offered a {O} to", "{S} brought a {O} to", "{S} said hello to", "{S} talked to",
+  "{S} gave the {O} back to", "later {S} gave a {O} to", "{S} quietly handed a {O} to", "{S} wrote a note to",
+}
+
+local function compose(r, is_test)
+  while true do
+    local t = r:pick(OPENINGS):gsub("{V}", r:pick(MOTION_VERBS)) .. " " .. r:pick(CLAUSES)
+    if not is_test[t] then return t end
+  end
+end
+
 -- One in TEST_PAIR_MOD unordered name pairs is held out for the test split.
 local TEST_PAIR_MOD = 5
 
@@ -147,8 +182,17 @@ function M.generator(opts)
   end
   local templates, pairs = M.templates(split), M.pairs(split)
   local r = R.new(seed, "ioi/" .. split)
+  local vary = opts.vary
+  local is_test = {}
+  for _, t in ipairs(M.templates("test")) do is_test[t] = true end
   return function()
     local template = r:pick(templates)
+    if vary then
+      if r:int(0, 1) == 1 then template = compose(r, is_test) end
+      if r:int(0, 1) == 1 then template = template:gsub("the {P}", "the " .. r:pick(PLACE_ADJECTIVES) .. " {P}") end
+      if r:int(0, 1) == 1 then template = template:gsub("a {O}", "a " .. r:pick(OBJECT_ADJECTIVES) .. " {O}") end
+      if r:int(0, 1) == 1 then template = r:pick(PREFIXES) .. " " .. template end
+    end
     local pair = r:pick(pairs)
     local io, s = pair[1], pair[2]
     if r:int(0, 1) == 1 then io, s = s, io end
@@ -179,7 +223,12 @@ function M.generator(opts)
 end
 
 -- opts: n (default 100), seed (default 0), split ("train" default, or
--- "test"), order ("ABBA", "BABA" or nil for both, drawn at random).
+-- "test"), order ("ABBA", "BABA" or nil for both, drawn at random), vary
+-- (default false: for training data, half the prompts from composed
+-- templates (an opening with A and B, a clause with S), and adjectives
+-- before some places and objects and a sentence before some prompts, so
+-- that the names move within and across templates; template then holds
+-- the varied template; never a test template).
 -- Returns an array of n examples:
 --   prompt      the text to read exactly as written (no token prepended)
 --   target      " " .. IO, the correct next word

@@ -22,28 +22,26 @@ M.seed = 20240501           -- model init, data order and every dataset stream
 M.threads = 2               -- OMP_NUM_THREADS = OPENBLAS_NUM_THREADS = this
 
 -- GPT-2 architecture (tanh GELU, LayerNorm eps 1e-5, tied unembedding).
-M.model = { n_layer = 4, n_head = 8, n_embd = 128, d_mlp = 512, n_ctx = 128 }
+M.model = { n_layer = 4, n_head = 4, n_embd = 128, d_mlp = 512, n_ctx = 128 }
 M.vocab_size = 2048
 
 M.data = {
-  -- shares of the bytes of the text mixture (lt.datasets.mixture)
+  -- The tokenizer: a byte-level BPE trained on the first tokenizer_bytes
+  -- of this text mixture (shares of bytes, lt.datasets.mixture).
   weights = { ioi = 0.45, induction = 0.10, ["repeat"] = 0.05, text = 0.40 },
-  tokenizer_bytes = 4e6,     -- the first this many bytes of the mixture train the BPE
-  bytes_per_token = 3.2,     -- used only to size how much text to generate
-  -- repeated random id sequences: this share of the documents' tokens,
-  -- random part seq_len[1]..seq_len[2] ids drawn from the whole vocabulary
-  -- except <|endoftext|>, repeated once
-  -- warm_steps: the first steps see only these sequences (a curriculum:
-  -- in-context copying forms there within a few hundred steps, while in
-  -- the mixture from the start it had not formed after 1,100 steps)
-  induction_ids = { share = 0.25, seq_len = { 8, 30 }, warm_steps = 300 },
+  tokenizer_bytes = 4e6,
+  -- Training batches (M.batches): each step's kind is drawn with these
+  -- shares; rows per batch of each kind; random part of the id sequences.
+  steps = { ioi = 0.65, ids = 0.10, text = 0.25 },
+  batch = { ioi = 32, ids = 16, text = 8 },
+  ids_len = { 8, 30 },
 }
 
 M.train = {
-  batch = 8, seq_len = 128, steps = 2200,
-  max_lr = 3e-3, min_lr = 3e-4, warmup = 150,
+  seq_len = 128, steps = 4400,
+  max_lr = 3e-3, min_lr = 3e-4, warmup = 100,
   weight_decay = 0.1, grad_clip = 1.0, beta1 = 0.9, beta2 = 0.95,
-  log_every = 10, checkpoint_every = 100,
+  log_every = 20, checkpoint_every = 250,
 }
 
 -- ---------------------------------------------------------------- threads
@@ -88,72 +86,100 @@ function M.tokenizer(dir)
   return D.train_tokenizer{ text = text, vocab_size = M.vocab_size, dir = dir }
 end
 
--- A deterministic stream of training rows (arrays of seq_len ids), each
--- starting at a document: documents (tokenised mixture documents and
--- repeated id sequences, each followed by <|endoftext|>) are packed into
--- the row; the one that overflows is cut and the next row starts at the
--- next document. n_rows: how many rows will be asked for (sizes the text).
--- Returns next_row().
-function M.rows(tok, n_rows, opts)
-  opts = opts or {}
+-- A deterministic stream of training batches; next_batch() returns a list
+-- of equal-length id rows. Each batch holds one kind of data (M.data.steps
+-- gives each kind's share of the steps, drawn per step from the seed):
+--   ioi   B.ioi single IOI sentences (prompt, answer, full stop) of the
+--         same token length, one per row, nothing before or after them;
+--         varied (lt.datasets.ioi's vary: extra adjectives and a sentence
+--         before some) so that the names do not sit at fixed positions of
+--         each template;
+--   ids   B.ids repeated random-id sequences with the same random part
+--         length L (drawn per batch from ids_len), one per row: L ids
+--         then the same L ids again;
+--   text  B.text rows of seq_len tokens cut from the natural-text corpus
+--         (documents joined by <|endoftext|>).
+-- One document per row for the ioi and ids kinds because attention over
+-- packed unrelated documents drowns the in-context signal: with IOI
+-- sentences packed 3 to a row, name copying had not formed after 1,500
+-- steps; one sentence per row, it forms within ~1,000 (docs/toy.md).
+function M.batches(tok)
   local lt = require("lantern")
   local D = lt.datasets
-  local T = opts.seq_len or M.train.seq_len
+  local ioi_gen = require("lantern.datasets.ioi").generator({ seed = M.seed, split = "train", vary = true })
+  local r = D.rng(M.seed, "toy/batches")
+  local r_ids = D.rng(M.seed, "toy/induction_ids")
+  local B, T = M.data.batch, M.train.seq_len
   local eot = tok.eot
-  local text_share = 1 - M.data.induction_ids.share
-  -- mixture_docs is prefix-stable: asking for more bytes gives the same
-  -- documents first, so running short only means generating more.
-  local bytes = (n_rows * T * 1.3 + 4096) * text_share * M.data.bytes_per_token
-  local docs = D.mixture_docs(mixture_opts(bytes))
-  local r = D.rng(M.seed, "toy/induction_ids")
-  local pool = {}
-  for i = 1, tok.vocab_size - 1 do pool[i] = i - 1 end
-  local lo, hi = M.data.induction_ids.seq_len[1], M.data.induction_ids.seq_len[2]
-  local share = M.data.induction_ids.share
-  local di, made_ids, made_all = 0, 0, 0
-  local warm_rows, row_no = (M.data.induction_ids.warm_steps or 0) * M.train.batch, 0
-  local function next_doc()
-    -- an id sequence whenever they are below their share of tokens so far
-    -- (and always during the first warm_rows rows)
-    local ids
-    local warm = row_no <= warm_rows
-    if warm or made_all == 0 or made_ids / made_all < share then
-      local seq = r:sample(pool, r:int(lo, hi))
-      ids = {}
-      for rep = 0, 1 do for i = 1, #seq do ids[rep * #seq + i] = seq[i] end end
-      ids[#ids + 1] = eot
-      if not warm then made_ids, made_all = made_ids + #ids, made_all + #ids end   -- shares count after the warm-up
-      return ids
-    else
-      di = di + 1
-      if di > #docs then
-        bytes = bytes * 2
-        docs = D.mixture_docs(mixture_opts(bytes))
+
+  -- ioi: sentences bucketed by token length until a bucket holds B.ioi
+  local buckets = {}
+  local function ioi_batch()
+    while true do
+      local ex = ioi_gen()
+      local ids = tok:encode(ex.prompt .. ex.target .. ".")
+      local bk = buckets[#ids] or {}
+      buckets[#ids] = bk
+      bk[#bk + 1] = ids
+      if #bk == B.ioi then
+        buckets[#ids] = nil
+        return bk
       end
-      ids = tok:encode(docs[di].text)
     end
-    ids[#ids + 1] = eot
-    made_all = made_all + #ids
-    return ids
   end
-  -- The document that overflows a row is cut there; its rest starts the
-  -- next row when it is at least T/4 tokens long (long texts), else the
-  -- next row starts at the next document.
-  local carry
-  return function()
-    row_no = row_no + 1
-    local row = {}
-    while #row < T do
-      local d = carry or next_doc()
-      carry = nil
-      local room = T - #row
-      for i = 1, math.min(#d, room) do row[#row + 1] = d[i] end
-      if #d - room >= T / 4 then
-        carry = {}
-        for i = room + 1, #d do carry[#carry + 1] = d[i] end
-      end
+
+  -- ids: random parts drawn from every id but <|endoftext|>, no repeats
+  -- inside a part (each position of the second copy has one answer)
+  local pool = {}
+  for i = 1, tok.vocab_size do if i - 1 ~= eot then pool[#pool + 1] = i - 1 end end
+  local function ids_batch()
+    local L = r_ids:int(M.data.ids_len[1], M.data.ids_len[2])
+    local rows = {}
+    for b = 1, B.ids do
+      local seq = r_ids:sample(pool, L)
+      local row = {}
+      for rep = 0, 1 do for i = 1, L do row[rep * L + i] = seq[i] end end
+      rows[b] = row
     end
-    return row
+    return rows
+  end
+
+  -- text: the train documents in a fresh shuffled order on every pass
+  local docs = D.text_docs("train")
+  local r_text = D.rng(M.seed, "toy/text")
+  local order, pos, stream = {}, 0, {}
+  local function fill(n)
+    while #stream < n do
+      if pos >= #order then
+        order = {}
+        for i = 1, #docs do order[i] = i end
+        r_text:shuffle(order)
+        pos = 0
+      end
+      pos = pos + 1
+      for _, id in ipairs(tok:encode(docs[order[pos]])) do stream[#stream + 1] = id end
+      stream[#stream + 1] = eot
+    end
+  end
+  local function text_batch()
+    fill(B.text * T)
+    local rows, rest = {}, {}
+    for b = 1, B.text do
+      local row = {}
+      for i = 1, T do row[i] = stream[(b - 1) * T + i] end
+      rows[b] = row
+    end
+    for i = B.text * T + 1, #stream do rest[#rest + 1] = stream[i] end
+    stream = rest
+    return rows
+  end
+
+  local share = M.data.steps
+  return function()
+    local u = r:random()
+    if u < share.ioi then return ioi_batch(), "ioi" end
+    if u < share.ioi + share.ids then return ids_batch(), "ids" end
+    return text_batch(), "text"
   end
 end
 
@@ -185,12 +211,12 @@ function M.describe()
   return table.concat({
     string.format("recipe lantern.recipes.toy (lua/lantern/recipes/toy.lua), seed %d", M.seed),
     string.format("threads OMP_NUM_THREADS=%d OPENBLAS_NUM_THREADS=%d", M.threads, M.threads),
-    string.format("model GPT-2: n_layer %d, n_head %d, n_embd %d, d_mlp %d, n_ctx %d, d_vocab %d (BPE trained on %d bytes of the mixture)",
-      m.n_layer, m.n_head, m.n_embd, m.d_mlp, m.n_ctx, M.vocab_size, d.tokenizer_bytes),
-    string.format("data text mixture shares {%s}; repeated random id sequences %.2f of tokens (random part %d-%d ids), only them in the first %d steps",
-      table.concat(w, ", "), d.induction_ids.share, d.induction_ids.seq_len[1], d.induction_ids.seq_len[2], d.induction_ids.warm_steps or 0),
-    string.format("train %d steps x %d rows x %d tokens; AdamW lr %g warmup %d cosine to %g, betas %g %g, weight decay %g, grad clip %g",
-      t.steps, t.batch, t.seq_len, t.max_lr, t.warmup, t.min_lr, t.beta1, t.beta2, t.weight_decay, t.grad_clip),
+    string.format("model GPT-2: n_layer %d, n_head %d, n_embd %d, d_mlp %d, n_ctx %d, d_vocab %d (BPE trained on %d bytes of the mixture {%s})",
+      m.n_layer, m.n_head, m.n_embd, m.d_mlp, m.n_ctx, M.vocab_size, d.tokenizer_bytes, table.concat(w, ", ")),
+    string.format("batches: ioi %.2f of steps (%d single sentences), ids %.2f (%d repeated id sequences, random part %d-%d), text %.2f (%d x %d tokens)",
+      d.steps.ioi, d.batch.ioi, d.steps.ids, d.batch.ids, d.ids_len[1], d.ids_len[2], d.steps.text, d.batch.text, t.seq_len),
+    string.format("train %d steps; AdamW lr %g warmup %d cosine to %g, betas %g %g, weight decay %g, grad clip %g",
+      t.steps, t.max_lr, t.warmup, t.min_lr, t.beta1, t.beta2, t.weight_decay, t.grad_clip),
   }, "\n")
 end
 
@@ -232,8 +258,8 @@ function M.run(opts)
     beta1 = tcfg.beta1, beta2 = tcfg.beta2 })
   if state then tr:load_state(resume_dir .. "/optimizer.safetensors") end
 
-  local next_row = M.rows(tok, steps * tcfg.batch)
-  for _ = 1, start * tcfg.batch do next_row() end   -- the data position of the resumed run
+  local next_batch = M.batches(tok)
+  for _ = 1, start do next_batch() end   -- the data position of the resumed run
   local prep = now() - t0
 
   local log
@@ -244,7 +270,7 @@ function M.run(opts)
     else
       log:write(M.describe(), "\n")
       log:write(string.format("data and tokenizer ready in %.1f s\n", prep))
-      log:write("step  loss  grad_norm  lr  tokens_per_s  elapsed_s\n")
+      log:write("step  loss_ioi  loss_ids  loss_text  grad_norm  lr  tokens_per_s  elapsed_s\n")
     end
   end
 
@@ -252,30 +278,38 @@ function M.run(opts)
     os.execute("mkdir -p " .. sh_quote(resume_dir))
     m:save(resume_dir)
     tr:save_state(resume_dir .. "/optimizer.safetensors")
-    write_file(resume_dir .. "/progress.txt", string.format("step %d\ndata_rows %d\n", step, step * tcfg.batch))
+    write_file(resume_dir .. "/progress.txt", string.format("step %d\n", step))
   end
 
-  local tokens_per_step = tcfg.batch * tcfg.seq_len
-  local t_train, last_loss = now(), nil
+  -- The loss printed is the mean over the last log_every steps of each
+  -- kind (a single batch's loss jumps with its kind).
+  local t_train, last_loss, tokens = now(), nil, 0
+  local sum, cnt = { ioi = 0, ids = 0, text = 0 }, { ioi = 0, ids = 0, text = 0 }
   local sched = { warmup = tcfg.warmup, total = tcfg.steps, max_lr = tcfg.max_lr, min_lr = tcfg.min_lr }
   for step = start, steps - 1 do
-    local batch = {}
-    for b = 1, tcfg.batch do batch[b] = next_row() end
+    local batch, kind = next_batch()
     local lr = lt.train.lr(step, sched)
     local loss, norm = tr:step(batch, lr)
     last_loss = loss
+    tokens = tokens + #batch * #batch[1]
+    sum[kind], cnt[kind] = sum[kind] + loss, cnt[kind] + 1
     local done = step + 1
     local el = now() - t_train
-    local rate = (done - start) * tokens_per_step / el
     if done % tcfg.log_every == 0 or done == steps then
-      local left = (steps - done) * tokens_per_step / rate
+      local rate = tokens / el
+      local left = (steps - done) * el / (done - start)
+      local by = {}
+      for _, k in ipairs({ "ioi", "ids", "text" }) do
+        by[#by + 1] = cnt[k] > 0 and string.format("%.3f", sum[k] / cnt[k]) or "-"
+        sum[k], cnt[k] = 0, 0
+      end
       if log then
-        log:write(string.format("%d  %.4f  %.3f  %.3g  %.0f  %.1f\n", done, loss, norm, lr, rate, prep + el))
+        log:write(string.format("%d  %s  %.3f  %.3g  %.0f  %.1f\n", done, table.concat(by, "  "), norm, lr, rate, prep + el))
         log:flush()
       end
       if not opts.quiet then
-        io.stderr:write(string.format("\rstep %5d/%d  loss %.4f  %6.0f tok/s  elapsed %4.0fs  left %4.0fs ",
-          done, steps, loss, rate, prep + el, left))
+        io.stderr:write(string.format("\rstep %5d/%d  loss ioi %s ids %s text %s  %6.0f tok/s  elapsed %4.0fs  left %4.0fs ",
+          done, steps, by[1], by[2], by[3], rate, prep + el, left))
       end
     end
     if tcfg.checkpoint_every and done % tcfg.checkpoint_every == 0 and done < steps and opts.log ~= false then
