@@ -220,13 +220,17 @@ function tests.unknown_command_fails()
 end
 
 function tests.demo_runs()
-  local text, status = lantern({"demo"})
+  local text, status = lantern({"demo", "--n", "40"})
   check.eq(status, 0, "exit status\n" .. text)
-  has(text, "random weights", "says what the model is")
-  has(text, "top 5 next tokens", "top tokens")
-  has(text, "logit difference", "logit difference")
-  has(text, "loss (mean next-token cross-entropy)", "loss")
-  has(text, "layer 1: head", "attention per layer")
+  has(text, "Model(toy: 4 layers", "says what the model is")
+  has(text, "logit difference D = ", "logit difference")
+  has(text, "Node table", "node table")
+  has(text, "measured", "measured ablation effects")
+  has(text, "mean-ablating the top 3", "top heads against random heads")
+  has(text, "Induction scores", "induction scores")
+  local text2, status2 = lantern({"demo", "--model", "/nonexistent-model-dir"})
+  check.truthy(status2 ~= 0, "a missing model is an error")
+  has(text2, "holds no model.safetensors", "names what is missing")
 end
 
 return tests

@@ -15,84 +15,13 @@ Loads the default model (store/models/toy), then on held-out data:
      mean-ablating them against as many random other heads;
   4. the induction heads: induction score of every head on repeated random
      token sequences, and what ablating them does to copying.
-Without a trained model at store/models/toy, --train trains it first
-(about 10 minutes); otherwise the demo runs the engine end to end on the
-2-layer test fixture (random weights) and says so.]]
-
-local function show(s) return (s:gsub("\n", "\\n")) end
+The model is committed; if store/models/toy is missing, --train trains it
+first (about 10 minutes, `lantern train toy`).]]
 
 local exists = require("lantern.files").exists
 
-local prompt = "When Mary and John went to the store, John gave a drink to"
-
-local function quote(s) return (string.format("%q", s):gsub("\\\n", "\\n")) end
-
--- The engine end to end on the test fixture, for a clone that has no
--- trained default model yet.
-local function fixture_demo(missing)
-  local lt = require("lantern")
-  local model_dir = "tests/fixtures/hf-gpt2-tiny2"
-  local tok_dir = "tests/fixtures/gpt2-tokenizer"
-  local m = lt.load(lt.root .. "/" .. model_dir, {tokenizer = lt.root .. "/" .. tok_dir})
-  local tok = m.tokenizer
-
-  print("lantern demo: " .. tostring(m))
-  print("Note: this is " .. model_dir .. ", a 2-layer GPT-2 with random weights used by the tests,")
-  print("so its outputs are not meaningful language; they show the engine working end to end.")
-  print("The trained default model is not at " .. missing .. ": `./scripts/lantern train toy` trains it")
-  print("(about 10 minutes), or `./scripts/lantern demo --train` trains it and then shows it.")
-  print()
-
-  local ids = m:to_tokens(prompt)
-  local T = #ids
-  print(string.format("prompt  %s", quote(prompt)))
-  local shown = {}
-  for i, id in ipairs(ids) do shown[i] = string.format("%d:%s", id, quote(tok:token_text(id))) end
-  print(string.format("tokens  %d: %s", T, table.concat(shown, " ")))
-  print()
-
-  -- Only the attention patterns are kept: that is all the last part needs.
-  local logits, cache = m:run_with_cache(ids, {names = function(name) return name:match("attn%.hook_pattern$") ~= nil end})
-  local last = logits:select(T - 1)          -- [d_vocab]: the next-token logits
-
-  -- Softmax of the last row, computed stably (shift by the max).
-  local max = last:max()
-  local z = 0
-  for i = 0, last.numel - 1 do z = z + math.exp(last.data[i] - max) end
-  local values, top = last:topk(5)
-  print("top 5 next tokens after the prompt:")
-  for r = 1, #top do
-    print(string.format("  %d. %-14s id %5d  logit %8.4f  p %.5f", r, quote(tok:token_text(top[r])), top[r],
-                        values[r], math.exp(values[r] - max) / z))
-  end
-
-  local mary, john = m:to_single_token(" Mary"), m:to_single_token(" John")
-  print(string.format("logit difference \" Mary\" - \" John\": %.4f", last:get(mary) - last:get(john)))
-  print(string.format("loss (mean next-token cross-entropy): %.4f", m:loss(ids)))
-
-  local new = m:generate(ids, 8, {temperature = 0})
-  print(string.format("8 greedy tokens: {%s} = %s", table.concat(new, ", "), quote(m:to_string(new))))
-  print()
-
-  -- Attention from the last position to the first " Mary".
-  local mary_pos
-  for i, id in ipairs(ids) do
-    if id == mary then mary_pos = i - 1 break end
-  end
-  print(string.format("attention from the last token (position %d) to \" Mary\" (position %d):", T - 1, mary_pos))
-  for l = 0, m.cfg.n_layer - 1 do
-    local pattern = cache:get("pattern", l)  -- [n_head, T, T]
-    local best, best_h, per_head = -1, 0, {}
-    for h = 0, m.cfg.n_head - 1 do
-      local a = pattern:get(h, T - 1, mary_pos)
-      per_head[#per_head + 1] = string.format("%.3f", a)
-      if a > best then best, best_h = a, h end
-    end
-    print(string.format("  layer %d: head L%d/H%d attends most (%.3f); all heads: %s", l, l, best_h, best,
-                        table.concat(per_head, " ")))
-  end
-  return 0
-end
+-- A token shown on one line.
+local function show(s) return (s:gsub("\n", "\\n")) end
 
 local function run(argv)
   local opts, pos = require("lantern.cli.args").parse(argv, { model = "string", n = "number", train = "boolean" })
@@ -103,7 +32,10 @@ local function run(argv)
   local dir = opts.model or (root .. "/store/models/toy")
   if not exists(dir .. "/model.safetensors") then
     if opts.model then error(dir .. " holds no model.safetensors", 0) end
-    if not opts.train then return fixture_demo(dir) end
+    if not opts.train then
+      error("no trained model at " .. dir .. ": `./scripts/lantern train toy` trains it (about 10 minutes), "
+        .. "or `./scripts/lantern demo --train` trains it and then runs the demo", 0)
+    end
     io.write("No trained model at " .. dir .. ": training it now with `lantern train toy` (about 10 minutes).\n")
     if not recipe.set_threads(recipe.threads) then
       error("cannot set the recipe's thread counts: run `./scripts/lantern train toy` first", 0)
