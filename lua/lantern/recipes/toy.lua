@@ -9,10 +9,11 @@
 --
 -- The data: a byte-level BPE vocabulary trained on the text mixture of
 -- lt.datasets (IOI sentences, repeated random words, repeated stretches of
--- natural text, fortunes), and that mixture tokenised and interleaved with
--- repeated random token-id sequences (the text alone cannot teach induction
--- on arbitrary ids). Each training row starts at a document boundary, with
--- no token before it, as the evaluation prompts are read.
+-- natural text, fortunes), then batches of one kind each (M.batches):
+-- single IOI sentences, repeated random-id sequences (the text alone cannot
+-- teach induction on arbitrary ids) and natural text. IOI sentences and id
+-- sequences sit alone in their rows, with no token before them, as the
+-- evaluation prompts are read.
 local ffi = require("ffi")
 
 local M = {}
@@ -91,9 +92,9 @@ end
 -- gives each kind's share of the steps, drawn per step from the seed):
 --   ioi   B.ioi single IOI sentences (prompt, answer, full stop) of the
 --         same token length, one per row, nothing before or after them;
---         varied (lt.datasets.ioi's vary: extra adjectives and a sentence
---         before some) so that the names do not sit at fixed positions of
---         each template;
+--         varied (lt.datasets.ioi's vary: composed templates, adjectives,
+--         a sentence before some) so that the names do not sit at fixed
+--         positions of each template;
 --   ids   B.ids repeated random-id sequences with the same random part
 --         length L (drawn per batch from ids_len), one per row: L ids
 --         then the same L ids again;
