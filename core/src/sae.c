@@ -16,9 +16,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#ifdef _OPENMP
-#include <omp.h>
-#endif
 
 /* Row loops are split over threads when built with OpenMP; each row is
  * computed by one thread in a fixed order, so results do not depend on the
@@ -261,11 +258,7 @@ static void activate(const lt_sae *sae, const float *pre, float *z, int64_t m, t
     if (sae->arch == LT_SAE_TOPK) {
         OMP_PARALLEL_FOR
         for (int64_t i = 0; i < m; i++) {
-#ifdef _OPENMP
-            topk_entry *heap = heaps + (size_t)omp_get_thread_num() * (size_t)sae->k;
-#else
-            topk_entry *heap = heaps;
-#endif
+            topk_entry *heap = heaps + (size_t)topk_thread() * (size_t)sae->k;
             topk_row(pre + i * L, z + i * L, L, sae->k, heap);
         }
     } else if (sae->arch == LT_SAE_JUMPRELU) {
@@ -286,14 +279,6 @@ static void activate(const lt_sae *sae, const float *pre, float *z, int64_t m, t
     }
 }
 
-static int max_threads(void) {
-#ifdef _OPENMP
-    return omp_get_max_threads();
-#else
-    return 1;
-#endif
-}
-
 int lt_sae_encode(const lt_sae *sae, const float *x, int64_t n, float *z_pre, float *z) {
     if (!sae) return lt_fail("lt_sae_encode: NULL SAE");
     if (n < 0) return lt_fail("lt_sae_encode: negative row count %lld", (long long)n);
@@ -309,7 +294,7 @@ int lt_sae_encode(const lt_sae *sae, const float *x, int64_t n, float *z_pre, fl
     topk_entry *heaps = NULL;
     if (copy_input && !(in_buf = lt_alloc((size_t)(chunk * D)))) return lt_fail_context("lt_sae_encode");
     if (sae->arch == LT_SAE_TOPK) {
-        heaps = malloc((size_t)max_threads() * (size_t)sae->k * sizeof *heaps);
+        heaps = malloc((size_t)topk_threads() * (size_t)sae->k * sizeof *heaps);
         if (!heaps) { lt_free(in_buf); return lt_fail("lt_sae_encode: out of memory for TopK scratch"); }
     }
 

@@ -25,9 +25,6 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
-#ifdef _OPENMP
-#include <omp.h>
-#endif
 
 /* Loops are split over threads only when work (about the number of
  * floats touched) is large enough to pay for waking them: small SAEs train
@@ -137,24 +134,6 @@ static void select_top(const float *p, const int32_t *list, int64_t nlist, int m
     }
 }
 
-static int max_threads(void) {
-#ifdef _OPENMP
-    return omp_get_max_threads();
-#else
-    return 1;
-#endif
-}
-
-static int thread_num(void) {
-#ifdef _OPENMP
-    return omp_get_thread_num();
-#else
-    return 0;
-#endif
-}
-
-
-
 /* One entry of the per-latent gradient lists of the TopK path. */
 typedef struct {
     int32_t row;
@@ -207,7 +186,7 @@ static int work_alloc(workspace *w, const sae_view *v, int64_t cap, int k_aux) {
              (w->val = lt_alloc((size_t)cap * (size_t)w->k)) && (w->g = lt_alloc((size_t)cap * (size_t)w->k)) &&
              (w->start = calloc((size_t)L + 1, sizeof(int64_t))) &&
              (w->iota = malloc((size_t)L * sizeof(int32_t))) &&
-             (w->heaps = malloc((size_t)max_threads() * (size_t)(w->k > w->k_aux ? w->k : w->k_aux) * sizeof(topk_entry))) &&
+             (w->heaps = malloc((size_t)topk_threads() * (size_t)(w->k > w->k_aux ? w->k : w->k_aux) * sizeof(topk_entry))) &&
              (w->entries = malloc((ne ? ne : 1) * sizeof(lat_entry)));
         if (ok && w->k_aux > 0)
             ok = (w->aux_idx = malloc((size_t)cap * (size_t)w->k_aux * sizeof(int32_t))) &&
@@ -330,7 +309,7 @@ static int grads_topk(const sae_view *v, workspace *w, const float *x, int64_t n
     double l0 = 0;
     OMP_PARALLEL_FOR(n * L)
     for (int64_t i = 0; i < n; i++)
-        select_top(w->pre + i * L, w->iota, L, k, w->heaps + (size_t)thread_num() * (size_t)k, w->idx + i * k,
+        select_top(w->pre + i * L, w->iota, L, k, w->heaps + (size_t)topk_thread() * (size_t)k, w->idx + i * k,
                    w->val + i * k);
     for (int64_t i = 0; i < n * k; i++) l0 += w->idx[i] >= 0;
     /* x_hat, the residual and dx = 2 (x_hat - x) / (n variance) */
@@ -372,7 +351,7 @@ static int grads_topk(const sae_view *v, workspace *w, const float *x, int64_t n
         for (int64_t i = 0; i < n; i++) {
             int32_t *ir = w->aux_idx + i * w->k_aux;
             float *vr = w->aux_val + i * w->k_aux;
-            select_top(w->pre + i * L, w->dead_list, n_dead, ka, w->heaps + (size_t)thread_num() * (size_t)ka, ir, vr);
+            select_top(w->pre + i * L, w->dead_list, n_dead, ka, w->heaps + (size_t)topk_thread() * (size_t)ka, ir, vr);
             for (int j = ka; j < w->k_aux; j++) { ir[j] = -1; vr[j] = 0; }
             float *e = w->e + i * D, *eh = w->de + i * D;
             for (int64_t d = 0; d < D; d++) { e[d] = x[i * D + d] - w->xhat[i * D + d]; eh[d] = 0; }

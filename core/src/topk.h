@@ -7,8 +7,29 @@
 #define LANTERN_TOPK_H
 
 #include <stdint.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 typedef struct topk_entry { float v; int32_t i; } topk_entry;
+
+/* Callers keep one heap per OpenMP thread: how many threads a parallel
+ * region may have, and which one is running. */
+static inline int topk_threads(void) {
+#ifdef _OPENMP
+    return omp_get_max_threads();
+#else
+    return 1;
+#endif
+}
+
+static inline int topk_thread(void) {
+#ifdef _OPENMP
+    return omp_get_thread_num();
+#else
+    return 0;
+#endif
+}
 
 /* The strict order of TopK: a larger value ranks higher, and of equal
  * values the lower index; so the selected set never depends on the order
