@@ -93,19 +93,8 @@ local function make_sources(opts, seed, split)
   -- tokens in both copies.
   sources.induction = function() return ind_gen().text end
   local docs = text.docs(split)
-  local r_text = R.new(seed, "mixture/text/" .. split)
-  local order, pos = {}, 0
-  local function next_doc()
-    -- A fresh shuffle of all documents on each pass over them.
-    if pos >= #order then
-      order = {}
-      for i = 1, #docs do order[i] = i end
-      r_text:shuffle(order)
-      pos = 0
-    end
-    pos = pos + 1
-    return docs[order[pos]]
-  end
+  -- A fresh shuffle of all documents on each pass over them.
+  local next_doc = R.new(seed, "mixture/text/" .. split):cycle(docs)
   sources.text = next_doc
   local r_rep = R.new(seed, "mixture/repeat/" .. split)
   sources["repeat"] = function()

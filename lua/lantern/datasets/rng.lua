@@ -120,6 +120,22 @@ function Rng:sample(t, k)
   return out
 end
 
+-- A function returning the elements of array t one at a time, in a fresh
+-- shuffled order on every pass over them (endlessly).
+function Rng:cycle(t)
+  local order, pos = {}, 0
+  return function()
+    if pos >= #order then
+      order = {}
+      for i = 1, #t do order[i] = i end
+      self:shuffle(order)
+      pos = 0
+    end
+    pos = pos + 1
+    return t[order[pos]]
+  end
+end
+
 -- A new generator derived from this one's next output and a name, so that
 -- a consumer can draw without shifting the parent's later draws.
 function Rng:fork(name)
