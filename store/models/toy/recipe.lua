@@ -147,18 +147,11 @@ function M.batches(tok)
 
   -- text: the train documents in a fresh shuffled order on every pass
   local docs = D.text_docs("train")
-  local r_text = D.rng(M.seed, "toy/text")
-  local order, pos, stream = {}, 0, {}
+  local next_doc = D.rng(M.seed, "toy/text"):cycle(docs)
+  local stream = {}
   local function fill(n)
     while #stream < n do
-      if pos >= #order then
-        order = {}
-        for i = 1, #docs do order[i] = i end
-        r_text:shuffle(order)
-        pos = 0
-      end
-      pos = pos + 1
-      for _, id in ipairs(tok:encode(docs[order[pos]])) do stream[#stream + 1] = id end
+      for _, id in ipairs(tok:encode(next_doc())) do stream[#stream + 1] = id end
       stream[#stream + 1] = eot
     end
   end
