@@ -65,6 +65,60 @@ local function dump(store_path, db, prefix)
   return table.concat(parts, "\1"), #parts
 end
 
+-- Checks a node's stored record against a brute-force computation over
+-- per[w] (the node's activations in window w, for every window): the top 5
+-- windows by maximum (ties to the earlier window) with their activations
+-- and tokens, the count and the moments. act_tol(a) is the tolerance of a
+-- stored activation a. A node that never varies (only allowed when
+-- may_be_constant) must report NaN skewness and kurtosis. Returns whether
+-- the node varied.
+local function check_record(rec, per, where, act_tol, may_be_constant)
+  local ranked, sum, count = {}, 0, 0
+  for w = 0, NW - 1 do
+    local mx = -math.huge
+    for _, a in ipairs(per[w]) do
+      if a > mx then mx = a end
+      sum = sum + a
+      count = count + 1
+    end
+    ranked[#ranked + 1] = {w = w, max = mx}
+  end
+  table.sort(ranked, function(a, b) if a.max ~= b.max then return a.max > b.max end return a.w < b.w end)
+  local mean = sum / count
+  local m2, m3, m4 = 0, 0, 0
+  for w = 0, NW - 1 do
+    for _, a in ipairs(per[w]) do
+      local d = a - mean
+      m2, m3, m4 = m2 + d * d, m3 + d ^ 3, m4 + d ^ 4
+    end
+  end
+  check.truthy(rec, where .. " stored")
+  check.eq(#rec.top, 5, where .. " top count")
+  for k = 1, 5 do
+    check.eq(rec.top[k].window, ranked[k].w, where .. " top " .. k .. " window")
+    check.eq(rec.top[k].extra, nil, where .. " no extra array")
+    for t = 1, T do
+      local a = per[ranked[k].w][t]
+      check.near(rec.top[k].acts[t], a, act_tol(a), where .. " act")
+      check.eq(rec.top[k].tokens[t], IDS[ranked[k].w * T + t], where .. " token")
+    end
+  end
+  check.eq(rec.count, count, where .. " count")
+  local var = m2 / count
+  check.near(rec.mean, mean, 1e-5 * (math.abs(mean) + math.sqrt(var)), where .. " mean")
+  check.near(rec.variance, var, 1e-5 * var, where .. " variance")
+  check.eq(#rec.random, 4, where .. " random")
+  check.eq(#rec.quantiles, 4, where .. " bins")
+  if m2 == 0 and may_be_constant then   -- never varied: no shape
+    check.truthy(rec.skewness ~= rec.skewness and rec.kurtosis ~= rec.kurtosis, where .. " NaN shape")
+    return false
+  end
+  local skew, kurt = math.sqrt(count) * m3 / m2 ^ 1.5, count * m4 / (m2 * m2) - 3
+  check.near(rec.skewness, skew, 1e-5 * (1 + math.abs(skew)), where .. " skewness")
+  check.near(rec.kurtosis, kurt, 1e-5 * (1 + math.abs(kurt)), where .. " kurtosis")
+  return true
+end
+
 local tests = {}
 
 function tests.brute_force_top_and_moments()
@@ -99,45 +153,8 @@ function tests.brute_force_top_and_moments()
   local st = store.open(sp, {readonly = true})
   for l = 0, L - 1 do
     for n = 0, Mn - 1 do
-      local per = acts[l][n]
-      local ranked, sum, count = {}, 0, 0
-      for w = 0, NW - 1 do
-        local mx = -math.huge
-        for _, a in ipairs(per[w]) do
-          if a > mx then mx = a end
-          sum = sum + a
-          count = count + 1
-        end
-        ranked[#ranked + 1] = {w = w, max = mx}
-      end
-      table.sort(ranked, function(a, b) if a.max ~= b.max then return a.max > b.max end return a.w < b.w end)
-      local mean = sum / count
-      local m2, m3, m4 = 0, 0, 0
-      for w = 0, NW - 1 do
-        for _, a in ipairs(per[w]) do
-          local d = a - mean
-          m2, m3, m4 = m2 + d * d, m3 + d ^ 3, m4 + d ^ 4
-        end
-      end
       local rec = st:record{model = "hf-gpt2-tiny2", kind = "mlp_neuron", layer = l, index = n}
-      local where = string.format("L%d/N%d", l, n)
-      check.eq(#rec.top, 5, where .. " top count")
-      for k = 1, 5 do
-        check.eq(rec.top[k].window, ranked[k].w, where .. " top " .. k .. " window")
-        for t = 1, T do
-          check.near(rec.top[k].acts[t], per[ranked[k].w][t], 1e-4, where .. " act")
-          check.eq(rec.top[k].tokens[t], IDS[ranked[k].w * T + t], where .. " token")
-        end
-      end
-      check.eq(rec.count, count, where .. " count")
-      local var = m2 / count
-      check.near(rec.mean, mean, 1e-5 * (math.abs(mean) + math.sqrt(var)), where .. " mean")
-      check.near(rec.variance, var, 1e-5 * var, where .. " variance")
-      local skew, kurt = math.sqrt(count) * m3 / m2 ^ 1.5, count * m4 / (m2 * m2) - 3
-      check.near(rec.skewness, skew, 1e-5 * (1 + math.abs(skew)), where .. " skewness")
-      check.near(rec.kurtosis, kurt, 1e-5 * (1 + math.abs(kurt)), where .. " kurtosis")
-      check.eq(#rec.random, 4, where .. " random")
-      check.eq(#rec.quantiles, 4, where .. " bins")
+      check_record(rec, acts[l][n], string.format("L%d/N%d", l, n), function() return 1e-4 end)
     end
   end
   -- attention heads carry the attended-to position of each query
@@ -207,53 +224,11 @@ function tests.sae_latents_brute_force()
   local fired, latents = 0, 0
   for i, spec in ipairs(SAE_SPECS) do
     for l = 0, spec.d_sae - 1 do
-      local per = acts[i][l]
-      local ranked, sum, count = {}, 0, 0
-      for w = 0, NW - 1 do
-        local mx = -math.huge
-        for _, a in ipairs(per[w]) do
-          if a > mx then mx = a end
-          sum = sum + a
-          count = count + 1
-        end
-        ranked[#ranked + 1] = {w = w, max = mx}
-      end
-      table.sort(ranked, function(a, b) if a.max ~= b.max then return a.max > b.max end return a.w < b.w end)
-      local mean = sum / count
-      local m2, m3, m4 = 0, 0, 0
-      for w = 0, NW - 1 do
-        for _, a in ipairs(per[w]) do
-          local d = a - mean
-          m2, m3, m4 = m2 + d * d, m3 + d ^ 3, m4 + d ^ 4
-        end
-      end
       local rec = st:record{model = "hf-gpt2-tiny2", kind = "sae_latent", layer = spec.layer, index = l}
-      local where = string.format("L%d/F%d", spec.layer, l)
-      check.truthy(rec, where .. " stored")
-      check.eq(#rec.top, 5, where .. " top count")
-      for k = 1, 5 do
-        check.eq(rec.top[k].window, ranked[k].w, where .. " top " .. k .. " window")
-        check.eq(rec.top[k].extra, nil, where .. " no extra array")
-        for t = 1, T do
-          check.near(rec.top[k].acts[t], per[ranked[k].w][t], 1e-4 * (1 + math.abs(per[ranked[k].w][t])), where .. " act")
-          check.eq(rec.top[k].tokens[t], IDS[ranked[k].w * T + t], where .. " token")
-        end
-      end
-      check.eq(rec.count, count, where .. " count")
-      local var = m2 / count
-      check.near(rec.mean, mean, 1e-5 * (math.abs(mean) + math.sqrt(var)), where .. " mean")
-      check.near(rec.variance, var, 1e-5 * var, where .. " variance")
-      if m2 > 0 then
-        local skew, kurt = math.sqrt(count) * m3 / m2 ^ 1.5, count * m4 / (m2 * m2) - 3
-        check.near(rec.skewness, skew, 1e-5 * (1 + math.abs(skew)), where .. " skewness")
-        check.near(rec.kurtosis, kurt, 1e-5 * (1 + math.abs(kurt)), where .. " kurtosis")
-        fired = fired + 1
-      else   -- never fired: no shape
-        check.truthy(rec.skewness ~= rec.skewness and rec.kurtosis ~= rec.kurtosis, where .. " NaN shape")
-      end
+      local varied = check_record(rec, acts[i][l], string.format("L%d/F%d", spec.layer, l),
+                                  function(a) return 1e-4 * (1 + math.abs(a)) end, true)
+      if varied then fired = fired + 1 end
       latents = latents + 1
-      check.eq(#rec.random, 4, where .. " random")
-      check.eq(#rec.quantiles, 4, where .. " bins")
     end
   end
   check.truthy(fired >= latents * 3 / 4, string.format("only %d of %d latents fired", fired, latents))
