@@ -276,6 +276,15 @@ void lt_run_clear_captures(lt_run *r);
 /* With on, later forward passes keep every block's activations (memory
  * grows with n_layer) so that lt_backward and lt_run_activation work. */
 void lt_run_keep_activations(lt_run *r, int on);
+
+/* TransformerLens's stop_at_layer: with layer in [0, n_layer], later
+ * forward passes run blocks 0 .. layer-1 and stop there, before ln_final
+ * and the unembedding (the residual stream blocks.{layer}.hook_resid_pre,
+ * or ln_final's input for n_layer, is the last point computed). Their
+ * logits are NULL, points after the stop are errors to read, and
+ * lt_backward refuses them. -1 (the default) runs the whole model. For
+ * callers that need only early activations, such as the miner. */
+int lt_run_stop_at_layer(lt_run *r, int layer);
 /* A borrowed view of the activation at point from the last (kept) forward
  * pass, batch dimension included; valid until the next forward. */
 int lt_run_activation(lt_run *r, int point, lt_view *out);

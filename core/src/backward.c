@@ -195,6 +195,8 @@ int lt_backward(lt_run *r, const float *dlogits, const lt_grad_seed *seeds, int 
     const lt_config *c = &m->cfg;
     if (!r->B) return lt_fail("backward: no forward pass has run");
     if (!r->keep_all) return lt_fail("backward: the forward pass did not keep its activations (lt_run_keep_activations)");
+    if (!r->has_logits)
+        return lt_fail("backward: the forward pass stopped at layer %d (lt_run_stop_at_layer)", r->ran_layers);
     lt_backward_opts defaults = {0, -1, -1, -1, -1, -1, 0};
     const lt_backward_opts *o = opts ? opts : &defaults;
     for (int i = 0; i < n_seeds; i++)

@@ -115,8 +115,17 @@ int lt_forward_ex(lt_run *r, const int32_t *ids, int B, int T, int keep_all, flo
     HOOK(r, LT_HOOK_POS_EMBED, -1, r->a.pos_embed);
     op_add(r->a.resid[0], r->a.embed, r->a.pos_embed, (size_t)N * C);
 
-    for (int l = 0; l < c->n_layer; l++)
+    int L = r->stop_at >= 0 ? r->stop_at : c->n_layer;
+    r->ran_layers = 0;
+    r->has_logits = 0;
+    for (int l = 0; l < L; l++) {
         if (block_forward(r, l)) return LT_ERR;
+        r->ran_layers = l + 1;
+    }
+    if (r->stop_at >= 0) {
+        if (logits) *logits = NULL;
+        return LT_OK;
+    }
 
     if (layernorm_hooked(r, -1, LT_HOOK_LNF_SCALE, r->a.resid[c->n_layer], r->a.lnf_mean, r->a.lnf_scale, r->a.lnf_norm,
                          r->a.lnf_out, m->lnf_w, m->lnf_b))
@@ -126,6 +135,7 @@ int lt_forward_ex(lt_run *r, const int32_t *ids, int B, int T, int keep_all, flo
         for (int n = 0; n < N; n++) memcpy(r->a.logits + (size_t)n * c->d_vocab, m->unembed_b, (size_t)c->d_vocab * sizeof(float));
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, c->d_vocab, C, 1.0f, r->a.lnf_out, C, m->unembed_w, C,
                 m->unembed_b ? 1.0f : 0.0f, r->a.logits, c->d_vocab);
+    r->has_logits = 1;
     if (logits) *logits = r->a.logits;
     return LT_OK;
 }
@@ -146,6 +156,7 @@ static double logsumexp(const float *row, int n) {
 int lt_run_loss(lt_run *r, const int32_t *ids, int B, int T, double *loss) {
     if (B != r->B || T != r->T) return lt_fail("loss: ids are [%d, %d] but the last forward was [%d, %d]", B, T, r->B, r->T);
     if (T < 2) return lt_fail("loss needs at least two tokens per sequence");
+    if (!r->has_logits) return lt_fail("loss: the last forward pass stopped before the logits (stop_at_layer)");
     int V = r->m->cfg.d_vocab;
     double total = 0;
     for (int b = 0; b < B; b++)

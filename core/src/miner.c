@@ -457,6 +457,8 @@ static int miner_build(lt_model *m, const lt_miner_opts *opts, const int *sae_of
     mn->o = o;
     mn->T = o.window;
     if (lt_run_new(m, &mn->run)) { free(mn); return LT_ERR; }
+    /* nothing after the last mined layer is read: no later blocks, no logits */
+    lt_run_stop_at_layer(mn->run, o.layer_hi + 1);
     int n_groups = ((o.kinds & LT_MINE_MLP) ? nl : 0) + ((o.kinds & LT_MINE_ATTN) ? nl : 0) + n_sae;
     mn->groups = calloc((size_t)n_groups, sizeof *mn->groups);
     mn->rand_win = calloc((size_t)o.n_random + 1, sizeof *mn->rand_win);
@@ -546,8 +548,10 @@ static int extract_rows(lt_miner *mn, group *g, int B) {
                        lt_hook_name(mn->m, g->point), (long long)v.shape[v.ndim - 1], g->n);
     size_t rows = (size_t)B * mn->T, M = (size_t)g->n;
     enum { TILE = 32 };
-    for (size_t r0 = 0; r0 < rows; r0 += TILE)
-        for (size_t c0 = 0; c0 < M; c0 += TILE) {
+    /* threads take column tiles: each writes its own rows of vals */
+    #pragma omp parallel for schedule(static)
+    for (size_t c0 = 0; c0 < M; c0 += TILE)
+        for (size_t r0 = 0; r0 < rows; r0 += TILE) {
             size_t r1 = r0 + TILE < rows ? r0 + TILE : rows, c1 = c0 + TILE < M ? c0 + TILE : M;
             for (size_t r = r0; r < r1; r++)
                 for (size_t c = c0; c < c1; c++) mn->vals[c * rows + r] = v.data[r * M + c];
@@ -671,8 +675,7 @@ int lt_miner_feed(lt_miner *mn, const int32_t *ids, int B, int T, int64_t first_
         if (!mn->vals_cap) return lt_fail("out of memory for a batch of %d windows", B);
     }
     lt_run_keep_activations(mn->run, 1);
-    float *logits;
-    if (lt_forward(mn->run, ids, B, T, &logits)) return lt_fail_context("miner forward pass");
+    if (lt_forward(mn->run, ids, B, T, NULL)) return lt_fail_context("miner forward pass");
 
     /* The shared random sample (Algorithm R over windows): window w goes to
      * slot w while the reservoir fills, then to a slot j drawn from [0, w]

@@ -140,6 +140,9 @@ struct lt_run {
     int B, T;                      /* shape of the last forward */
     int keep_all;                  /* every block keeps its own activations (for backward) */
     int want_keep;                 /* lt_run_keep_activations: forward keeps all */
+    int stop_at;                   /* lt_run_stop_at_layer: blocks run, or -1 for the whole model */
+    int ran_layers;                /* blocks the last forward ran */
+    int has_logits;                /* the last forward ran to the logits (no stop) */
     int has_result;                /* result buffers allocated */
     int has_grads;                 /* g holds the gradients of the last backward */
 

@@ -13,6 +13,7 @@ int lt_run_new(lt_model *m, lt_run **out) {
     lt_run *r = calloc(1, sizeof *r);
     if (!r) return lt_fail("out of memory");
     r->m = m;
+    r->stop_at = -1;
     size_t L = (size_t)m->cfg.n_layer;
     r->a.resid = calloc(L + 1, sizeof(float *));
     r->g.resid = calloc(L + 1, sizeof(float *));
@@ -170,6 +171,14 @@ float *lt_acts_point(const lt_run *r, const lt_acts *a, int point) {
 static int point_view(lt_run *r, const lt_acts *a, int point, const char *what, lt_view *out) {
     if (check_point(r, point)) return LT_ERR;
     if (!r->B) return lt_fail("no forward pass has run yet");
+    int layer = lt_hook_layer(r->m, point);
+    /* after a stop at layer k, blocks.k.hook_resid_pre is the last point computed */
+    int resid_pre = lt_hook_kind(r->m, point) == LT_HOOK_RESID_PRE;
+    int after_stop = !r->has_logits && (layer > r->ran_layers || (layer == r->ran_layers && !resid_pre) ||
+                                        (layer < 0 && point >= 2));
+    if (after_stop)
+        return lt_fail("%s is after the stop (stop_at_layer %d) of the last forward pass", lt_hook_name(r->m, point),
+                       r->ran_layers);
     float *data = lt_acts_point(r, a, point);
     if (!data) return lt_fail("%s at %s was not computed in the last pass", what, lt_hook_name(r->m, point));
     if (lt_hook_shape(r->m, point, r->B, r->T, out)) return LT_ERR;
@@ -188,6 +197,13 @@ int lt_run_grad(lt_run *r, int point, lt_view *out) {
 }
 
 void lt_run_keep_activations(lt_run *r, int on) { r->want_keep = on != 0; }
+
+int lt_run_stop_at_layer(lt_run *r, int layer) {
+    int L = r->m->cfg.n_layer;
+    if (layer < -1 || layer > L) return lt_fail("stop_at_layer %d is out of range (-1 for none, 0 .. %d)", layer, L);
+    r->stop_at = layer;
+    return LT_OK;
+}
 
 /* -------------------------------------------------------------- hooks */
 

@@ -348,6 +348,49 @@ static void check_bad_indices(void) {
     lt_run_free(r);
 }
 
+/* stop_at_layer: the points before the stop equal a whole pass's bit for
+ * bit; no logits; later points, backward and the loss are errors; -1 runs
+ * the whole model again. */
+static void check_stop_at_layer(void) {
+    lt_run *full, *r;
+    CHECK_OK(lt_run_new(m, &full));
+    CHECK_OK(lt_run_new(m, &r));
+    if (!full || !r) { lt_run_free(full); lt_run_free(r); return; }
+    lt_run_keep_activations(full, 1);
+    lt_run_keep_activations(r, 1);
+    float *logits = (float *)1;
+    CHECK_OK(lt_forward(full, CLEAN, 1, T, NULL));
+    CHECK_FAILS(lt_run_stop_at_layer(r, cfg->n_layer + 1), "out of range");
+    CHECK_FAILS(lt_run_stop_at_layer(r, -2), "out of range");
+    for (int stop = 0; stop <= cfg->n_layer; stop++) {
+        CHECK_OK(lt_run_stop_at_layer(r, stop));
+        CHECK_OK(lt_forward(r, CLEAN, 1, T, &logits));
+        CHECK(logits == NULL, "stop_at_layer %d: no logits", stop);
+        char name[64];
+        snprintf(name, sizeof name, "blocks.%d.hook_resid_pre", stop < cfg->n_layer ? stop : stop - 1);
+        lt_view a, b;
+        if (stop == cfg->n_layer) snprintf(name, sizeof name, "blocks.%d.hook_resid_post", stop - 1);
+        CHECK_OK(lt_run_activation(r, point(name), &a));
+        CHECK_OK(lt_run_activation(full, point(name), &b));
+        CHECK(check_max_abs_diff(a.data, b.data, T * cfg->n_embd) == 0, "stop %d: %s equals the whole pass's", stop, name);
+        if (stop < cfg->n_layer) {
+            snprintf(name, sizeof name, "blocks.%d.mlp.hook_post", stop);
+            CHECK_FAILS(lt_run_activation(r, point(name), &a), "after the stop");
+        }
+        CHECK_FAILS(lt_run_activation(r, point("ln_final.hook_normalized"), &a), "after the stop");
+        double loss;
+        CHECK_FAILS(lt_run_loss(r, CLEAN, 1, T, &loss), "stopped before the logits");
+        CHECK_FAILS(lt_backward(r, NULL, NULL, 0, NULL), "stopped at layer");
+    }
+    CHECK_OK(lt_run_stop_at_layer(r, -1));
+    CHECK_OK(lt_forward(r, CLEAN, 1, T, &logits));
+    float *full_logits;
+    CHECK_OK(lt_forward(full, CLEAN, 1, T, &full_logits));
+    CHECK(logits && check_max_abs_diff(logits, full_logits, T * cfg->d_vocab) == 0, "-1: the whole model again");
+    lt_run_free(full);
+    lt_run_free(r);
+}
+
 int main(void) {
     CHECK_OK(lt_model_load(check_path(MODEL), NULL, &m));
     if (!m) return check_summary();
@@ -356,6 +399,7 @@ int main(void) {
     check_interventions();
     check_callbacks();
     check_bad_indices();
+    check_stop_at_layer();
     lt_model_free(m);
     return check_summary();
 }
