@@ -123,6 +123,8 @@ int lt_forward_ex(lt_run *r, const int32_t *ids, int B, int T, int keep_all, flo
         r->ran_layers = l + 1;
     }
     if (r->stop_at >= 0) {
+        /* the stop's last point: blocks.{L}.hook_resid_pre (a hook may edit it) */
+        if (L < c->n_layer) HOOK(r, LT_HOOK_RESID_PRE, L, r->a.resid[L]);
         if (logits) *logits = NULL;
         return LT_OK;
     }

@@ -89,6 +89,7 @@ function M.forward(ctx, ids, B, T, opts)
   local out = ffi.new("float *[1]")
   local rc = C.lt_forward(m.run, ids, B, T, out)
   if rc ~= 0 then error(ctx.error or F.last_error(), 0) end
+  if out[0] == nil then return nil end    -- stopped before the logits (stop_at_layer)
   local V = m.cfg.d_vocab
   local shape = ctx.batched and {B, T, V} or {T, V}
   if opts and opts.no_logits then return nil end
@@ -103,10 +104,14 @@ function M.take_captures(ctx, points)
   local m, out = ctx.model, {}
   local v = ffi.new("lt_view")
   for point in pairs(points) do
-    F.check(C.lt_run_take_capture(m.run, point, v), "capture")
+    local rc = C.lt_run_take_capture(m.run, point, v)
+    -- points after a stop (stop_at_layer) were never computed: not in the cache
+    if rc ~= 0 and ctx.stop_at_layer then goto next_point end
+    F.check(rc, "capture")
     local shape = {}
     for i = ctx.batched and 0 or 1, v.ndim - 1 do shape[#shape + 1] = tonumber(v.shape[i]) end
     out[ffi.string(C.lt_hook_name(m.ptr, point))] = Tensor.wrap(v.data, shape, nil, true)
+    ::next_point::
   end
   return out
 end

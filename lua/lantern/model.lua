@@ -168,6 +168,15 @@ function Model:_run(x, extra, capture, opts, after)
       for point in pairs(capture) do F.check(C.lt_run_capture(self.run, point, 1), "capture") end
     end
     C.lt_run_keep_activations(self.run, after and 1 or 0)
+    if opts and opts.stop_at_layer then
+      local k = opts.stop_at_layer
+      if type(k) ~= "number" or k ~= math.floor(k) or k < -self.cfg.n_layer or k > self.cfg.n_layer then
+        error(string.format("stop_at_layer must be an integer in -%d .. %d, got %s", self.cfg.n_layer, self.cfg.n_layer,
+          tostring(k)), 0)
+      end
+      ctx.stop_at_layer = k < 0 and self.cfg.n_layer + k or k
+      F.check(C.lt_run_stop_at_layer(self.run, ctx.stop_at_layer), "stop_at_layer")
+    end
     local logits = hooks.forward(ctx, ids, B, T, opts)
     if after then extra_result = after(ctx, logits, ids, B, T) end
     return logits
@@ -178,6 +187,7 @@ function Model:_run(x, extra, capture, opts, after)
   hooks.detach(ctx)
   C.lt_run_clear_captures(self.run)
   C.lt_run_keep_activations(self.run, 0)
+  C.lt_run_stop_at_layer(self.run, -1)
   if not ok then error(err, 0) end
   return result, captured, ids, B, T, batched, extra_result
 end
@@ -203,6 +213,7 @@ end
 local function run_backward(m, ctx, logits, ids, B, T, metric, seeds, o)
   local dlogits, value
   if metric then
+    if not logits then error("backward: the forward pass stopped before the logits (stop_at_layer)", 0) end
     metric:resolve(m)
     if metric.kind == "cross_entropy" then
       metric.ids_rows = {}
@@ -298,7 +309,10 @@ end
 -- function(name); default every hook point except attn.hook_result. Only the
 -- requested activations are stored. With backward (an lt.metrics metric),
 -- the gradient of the metric at each requested point is stored too, as
--- "<name>_grad", and cache.metric holds the metric's value.
+-- "<name>_grad", and cache.metric holds the metric's value. stop_at_layer
+-- = k (as in TransformerLens; negative counts from the end) runs blocks
+-- 0 .. k-1 only: logits are nil and points after blocks.k.hook_resid_pre
+-- are not in the cache (m:forward takes it too).
 function Model:run_with_cache(x, opts)
   opts = opts or {}
   local points = hooks.select_points(self, opts.names)

@@ -160,6 +160,26 @@ function tests.residual_identities_are_exact()
   same_bits(cache:get("embed"):add(cache:get("pos_embed")), cache:get("resid_pre", 0), "embed + pos_embed")
 end
 
+-- stop_at_layer (TransformerLens): no logits, the points up to the stop
+-- equal a whole pass's bit for bit, later points are absent, negative
+-- layers count from the end, and the next run is whole again.
+function tests.stop_at_layer()
+  local m = model()
+  local full_logits, full = m:run_with_cache(prompt(1))
+  local logits, cache = m:run_with_cache(prompt(1), {stop_at_layer = 1})
+  check.eq(logits, nil, "no logits after a stop")
+  same_bits(cache["blocks.0.hook_resid_post"], full["blocks.0.hook_resid_post"], "resid_post 0")
+  same_bits(cache["blocks.1.hook_resid_pre"], full["blocks.1.hook_resid_pre"], "resid_pre 1 (the last point)")
+  check.eq(rawget(cache, "blocks.1.mlp.hook_post"), nil, "mlp_post 1 is after the stop")
+  check.eq(rawget(cache, "ln_final.hook_normalized"), nil, "ln_final is after the stop")
+  local _, neg = m:run_with_cache(prompt(1), {stop_at_layer = -1, names = "blocks.0.mlp.hook_post"})
+  same_bits(neg["blocks.0.mlp.hook_post"], full["blocks.0.mlp.hook_post"], "stop_at_layer -1 = n_layer - 1")
+  check.raises(function() m:run_with_cache(prompt(1), {stop_at_layer = 3}) end, "stop_at_layer must be")
+  check.raises(function() m:run_with_cache(prompt(1), {stop_at_layer = 1, backward = lt.metrics.logit_diff{target = 5335, distractor = 1757}}) end,
+    "stopped")
+  same_bits(m:forward(prompt(1)), full_logits, "the next forward runs the whole model")
+end
+
 function tests.head_results_sum_to_attn_out()
   local m = model()
   local H, Cm = m.cfg.n_head, m.cfg.d_model
