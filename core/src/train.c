@@ -97,12 +97,16 @@ static double ce_loss_grad(const float *logits, float *dlogits, const int32_t *i
         float *g = dlogits + (size_t)n * V;
         float mx = row[0];
         for (int v = 1; v < V; v++) if (row[v] > mx) mx = row[v];
+        /* one exp per logit: g holds exp(row - mx) until it is scaled */
         double sum = 0;
-        for (int v = 0; v < V; v++) sum += exp((double)row[v] - mx);
-        double lse = mx + log(sum);
+        for (int v = 0; v < V; v++) {
+            g[v] = expf(row[v] - mx);
+            sum += g[v];
+        }
         int target = ids[n + 1];
-        row_loss[n] = lse - row[target];
-        for (int v = 0; v < V; v++) g[v] = (float)(exp((double)row[v] - lse) / count);
+        row_loss[n] = mx + log(sum) - row[target];
+        float scale = (float)(1.0 / (sum * count));
+        for (int v = 0; v < V; v++) g[v] *= scale;
         g[target] -= 1.0f / (float)count;
     }
     for (int n = 0; n < B * T; n++) total += row_loss[n];

@@ -222,7 +222,8 @@ end
 function tests.demo_runs()
   local text, status = lantern({"demo", "--n", "40"})
   check.eq(status, 0, "exit status\n" .. text)
-  has(text, "Model(toy: 4 layers", "says what the model is")
+  local layers = require("lantern.recipes.toy").model.n_layer
+  has(text, "Model(toy: " .. layers .. " layers", "says what the model is")
   has(text, "logit difference D = ", "logit difference")
   has(text, "Node table", "node table")
   has(text, "measured", "measured ablation effects")

@@ -86,19 +86,24 @@ local PREFIXES = {
 
 -- Composed train templates (opts.vary): an opening that introduces {A}
 -- and {B}, then a clause where {S} acts towards the indirect object. Their
--- products give a few hundred templates; any that equals a test template
+-- products give about a thousand templates; any that equals a test template
 -- is drawn again.
 local OPENINGS = {
   "When {A} and {B} {V} to the {P},", "After {A} and {B} {V} to the {P},", "{A} and {B} {V} to the {P}, and",
   "While {A} and {B} were at the {P},", "Once {A} and {B} got to the {P},", "{A} and {B} met at the {P}. Then",
   "As {A} and {B} {V} to the {P},", "{A} and {B} visited the {P}, where", "Because {A} and {B} were at the {P},",
   "{A} and {B} stayed at the {P} all day, and",
+  "Last week, {A} and {B} {V} to the {P}, and", "In the morning, {A} and {B} {V} to the {P}. Then",
+  "{A} and {B} were sitting in the {P} when", "After a long day at the {P}, {A} and {B} sat down, and",
+  "{A} and {B} {V} to the {P} together. There,", "Both {A} and {B} were at the {P}, so",
 }
 local MOTION_VERBS = { "went", "walked", "drove", "ran", "came", "moved" }
 local CLAUSES = {
   "{S} gave a {O} to", "{S} handed a {O} to", "{S} threw a {O} to", "{S} showed a {O} to", "{S} sold a {O} to",
   "{S} passed a {O} to", "{S} offered a {O} to", "{S} brought a {O} to", "{S} said hello to", "{S} talked to",
   "{S} gave the {O} back to", "later {S} gave a {O} to", "{S} quietly handed a {O} to", "{S} wrote a note to",
+  "{S} lent a {O} to", "{S} tossed a {O} to", "{S} returned the {O} to", "{S} read a story to",
+  "{S} told a joke to", "{S} kindly gave a {O} to", "{S} decided to give a {O} to", "{S} finally handed the {O} to",
 }
 
 local function compose(r, is_test)

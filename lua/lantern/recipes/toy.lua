@@ -23,7 +23,7 @@ M.seed = 20240501           -- model init, data order and every dataset stream
 M.threads = 2               -- OMP_NUM_THREADS = OPENBLAS_NUM_THREADS = this
 
 -- GPT-2 architecture (tanh GELU, LayerNorm eps 1e-5, tied unembedding).
-M.model = { n_layer = 4, n_head = 4, n_embd = 128, d_mlp = 512, n_ctx = 128 }
+M.model = { n_layer = 3, n_head = 4, n_embd = 128, d_mlp = 512, n_ctx = 128 }
 M.vocab_size = 2048
 
 M.data = {
@@ -39,7 +39,7 @@ M.data = {
 }
 
 M.train = {
-  seq_len = 128, steps = 4400,
+  seq_len = 128, steps = 6600,
   max_lr = 3e-3, min_lr = 3e-4, warmup = 100,
   weight_decay = 0.1, grad_clip = 1.0, beta1 = 0.9, beta2 = 0.95,
   log_every = 20, checkpoint_every = 250,
