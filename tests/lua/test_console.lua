@@ -1,6 +1,7 @@
 -- test_console.lua: the console's evaluation (in process, on lists of
 -- lines) and the command line (`lantern` with piped stdin, `run`, `help`,
--- `demo`, an unknown command) as subprocesses. Nothing needs a terminal.
+-- `demo`, an unknown command, the notebooks) as subprocesses. Nothing needs
+-- a terminal.
 local check = require("check")
 local console = require("lantern.console")
 local lt = require("lantern")
@@ -232,6 +233,34 @@ function tests.demo_runs()
   local text2, status2 = lantern({"demo", "--model", "/nonexistent-model-dir"})
   check.truthy(status2 ~= 0, "a missing model is an error")
   has(text2, "holds no model.safetensors", "names what is missing")
+end
+
+-- Every notebook runs as its header says and prints its sections; the
+-- training notebook on a tiny model for a few steps.
+function tests.notebooks_run()
+  local out = os.tmpname()
+  local runs = {
+    {{"notebooks/ioi.lua"}, {"1. 300 test prompts: IO above S on", "5. mean-ablating"}},
+    {{"notebooks/induction.lua"}, {"1. 100 sequences of 20 random token ids", "4. mean-ablating"}},
+    {{"notebooks/corpus.lua", out, "test"}, {"test documents", out}},
+    {{"notebooks/induction_formation.lua", "vocab=64", "d_model=16", "layers=1", "rows=2", "steps=2", "every=1"},
+      {"d_vocab 64", "step     2  loss "}},
+  }
+  for _, r in ipairs(runs) do
+    local args = {"run", root .. "/" .. r[1][1]}
+    for i = 2, #r[1] do args[#args + 1] = r[1][i] end
+    local text, status = lantern(args)
+    check.eq(status, 0, r[1][1] .. " exit status\n" .. text)
+    for _, piece in ipairs(r[2]) do has(text, piece, r[1][1]) end
+  end
+  local f = assert(io.open(out, "rb"))
+  local corpus = f:read("*a")
+  f:close()
+  os.remove(out)
+  check.truthy(#corpus > 1000 and corpus:find(lt.datasets.EOT, 1, true), "corpus.lua wrote documents joined by <|endoftext|>")
+  local text, status = lantern({"run", root .. "/notebooks/induction_formation.lua", "layer=2"})
+  check.truthy(status ~= 0, "an unknown key fails")
+  has(text, "got layer=2", "names the bad argument")
 end
 
 return tests
