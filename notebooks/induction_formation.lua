@@ -1,7 +1,7 @@
 -- notebooks/induction_formation.lua: how fast do induction heads form?
 --
---   ./scripts/lantern run notebooks/induction_formation.lua [key=value ...]
---   ./scripts/lantern run notebooks/induction_formation.lua vocab=64 copies=3 gap=8 steps=900
+--   ./scripts/lantern run notebooks/induction_formation.lua [--option value ...]
+--   ./scripts/lantern run notebooks/induction_formation.lua --vocab 64 --steps 900
 --
 -- Trains a fresh GPT-2-architecture model on repeated random token ids only
 -- and, every `every` steps, prints the training loss, the top-1 accuracy
@@ -10,14 +10,14 @@
 -- harness behind the induction probes in docs/toy.md: why the default
 -- model has no induction heads, and what would change that.
 --
--- Keys (defaults: the default model's shape, 3 data copies with gaps):
+-- Options (defaults: the default model's shape, 3 data copies with gaps):
 --   vocab 2048   d_vocab of the model; ids are drawn from all but the last
 --   layers 3, heads 4, d_model 128 (d_mlp = 4 d_model), n_ctx 128
 --   rows 32      sequences per step
 --   len 8-25     length of the random part, drawn per step
 --   copies 3     copies of the random part in a row
 --   gap 8        random ids before the first copy and between copies, 0..gap
---                of them (gap=-1: copies back to back from position 0, which
+--                of them (--gap -1: copies back to back from position 0, which
 --                admits a positional shortcut; see docs/toy.md)
 --   lr 1e-3      peak learning rate (warmup 100 steps, cosine to lr/10)
 --   steps 1000, every 100, seed 1
@@ -26,14 +26,14 @@ local ind = require("lantern.recipes.induction")
 
 local o = { vocab = 2048, layers = 3, heads = 4, d_model = 128, n_ctx = 128, rows = 32, len = "8-25",
   copies = 3, gap = 8, lr = 1e-3, steps = 1000, every = 100, seed = 1 }
-for _, a in ipairs(arg or {}) do
-  local k, v = a:match("^([%w_]+)=(.+)$")
-  if not k or o[k] == nil then error("expected key=value with a key of: vocab layers heads d_model n_ctx rows len copies gap lr steps every seed; got " .. a, 0) end
-  o[k] = tonumber(v) or v
-end
-local lo, hi = tostring(o.len):match("^(%d+)-(%d+)$")
+local spec = {}
+for k, v in pairs(o) do spec[k] = type(v) end
+local given, rest = require("lantern.cli.args").parse(arg or {}, spec)
+if #rest > 0 then error("unexpected argument '" .. rest[1] .. "' (options are --name value)", 0) end
+for k, v in pairs(given) do o[k] = v end
+local lo, hi = o.len:match("^(%d+)-(%d+)$")
 lo, hi = tonumber(lo or o.len), tonumber(hi or o.len)
-assert(lo and hi and lo >= 1 and hi >= lo, "len must be N or LO-HI")
+assert(lo and hi and lo >= 1 and hi >= lo, "--len must be N or LO-HI")
 
 local m = lt.random_model({ n_layer = o.layers, n_head = o.heads, n_embd = o.d_model, d_mlp = 4 * o.d_model,
   n_ctx = o.n_ctx, d_vocab = o.vocab }, o.seed)

@@ -240,27 +240,31 @@ end
 function tests.notebooks_run()
   local out = os.tmpname()
   local runs = {
-    {{"notebooks/ioi.lua"}, {"1. 300 test prompts: IO above S on", "5. mean-ablating"}},
-    {{"notebooks/induction.lua"}, {"1. 100 sequences of 20 random token ids", "4. mean-ablating"}},
-    {{"notebooks/corpus.lua", out, "test"}, {"test documents", out}},
-    {{"notebooks/induction_formation.lua", "vocab=64", "d_model=16", "layers=1", "rows=2", "steps=2", "every=1"},
-      {"d_vocab 64", "step     2  loss "}},
+    {args = {"notebooks/ioi.lua"}, expect = {"1. 300 test prompts: IO above S on", "5. mean-ablating"}},
+    {args = {"notebooks/induction.lua"}, expect = {"1. 100 sequences of 20 random token ids", "4. mean-ablating"}},
+    {args = {"notebooks/corpus.lua", out, "test"}, expect = {"test documents", out}},
+    {args = {"notebooks/induction_formation.lua", "--vocab", "64", "--d_model", "16", "--layers", "1", "--rows", "2",
+      "--steps", "2", "--every", "1"}, expect = {"d_vocab 64", "step     2  loss "}},
   }
-  for _, r in ipairs(runs) do
-    local args = {"run", root .. "/" .. r[1][1]}
-    for i = 2, #r[1] do args[#args + 1] = r[1][i] end
+  for _, run in ipairs(runs) do
+    local file = run.args[1]
+    local args = {"run", root .. "/" .. file}
+    for i = 2, #run.args do args[#args + 1] = run.args[i] end
     local text, status = lantern(args)
-    check.eq(status, 0, r[1][1] .. " exit status\n" .. text)
-    for _, piece in ipairs(r[2]) do has(text, piece, r[1][1]) end
+    check.eq(status, 0, file .. " exit status\n" .. text)
+    for _, piece in ipairs(run.expect) do has(text, piece, file) end
   end
   local f = assert(io.open(out, "rb"))
   local corpus = f:read("*a")
   f:close()
   os.remove(out)
   check.truthy(#corpus > 1000 and corpus:find(lt.datasets.EOT, 1, true), "corpus.lua wrote documents joined by <|endoftext|>")
-  local text, status = lantern({"run", root .. "/notebooks/induction_formation.lua", "layer=2"})
-  check.truthy(status ~= 0, "an unknown key fails")
-  has(text, "got layer=2", "names the bad argument")
+  local text, status = lantern({"run", root .. "/notebooks/induction_formation.lua", "--layer", "2"})
+  check.truthy(status ~= 0, "an unknown option fails")
+  has(text, "unknown option --layer", "names the bad option")
+  text, status = lantern({"run", root .. "/notebooks/induction_formation.lua", "layers=2"})
+  check.truthy(status ~= 0, "a stray argument fails")
+  has(text, "unexpected argument 'layers=2'", "names the stray argument")
 end
 
 return tests
