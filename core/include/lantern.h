@@ -493,6 +493,12 @@ void lt_trainer_free(lt_trainer *t);
  * targets): forward, backward, clipping, AdamW at learning rate lr. Reports
  * the loss and the gradient norm before clipping. */
 int lt_trainer_step(lt_trainer *t, const int32_t *ids, int B, int T, float lr, double *loss, double *grad_norm);
+/* The same step with the loss restricted by mask [B, T]: position t of a row
+ * (predicting token t + 1) counts when its byte is nonzero; the last
+ * position of a row never does. The loss is the mean over the counted
+ * positions; a mask with none fails. mask NULL is lt_trainer_step. */
+int lt_trainer_step_masked(lt_trainer *t, const int32_t *ids, const uint8_t *mask, int B, int T, float lr, double *loss,
+                           double *grad_norm);
 int lt_trainer_steps(const lt_trainer *t);
 /* Optimizer state (moments and step) for resuming, as a safetensors file. */
 int lt_trainer_save_state(const lt_trainer *t, const char *path);

@@ -80,10 +80,17 @@ void lt_trainer_free(lt_trainer *t) {
 
 int lt_trainer_steps(const lt_trainer *t) { return t->step; }
 
-/* Mean next-token cross-entropy of logits [B, T, V] and its gradient. */
-static double ce_loss_grad(const float *logits, float *dlogits, const int32_t *ids, int B, int T, int V) {
-    double total = 0;
-    int count = B * (T - 1);
+/* Positions that count in the loss: mask bytes set, a row's last excluded. */
+static int loss_count(const uint8_t *mask, int B, int T) {
+    int count = 0;
+    for (int n = 0; n < B * T; n++) count += n % T != T - 1 && (!mask || mask[n]);
+    return count;
+}
+
+/* Mean next-token cross-entropy of logits [B, T] x V and its gradient, over
+ * the count positions of loss_count. Returns NAN when memory runs out. */
+static double ce_loss_grad(const float *logits, float *dlogits, const int32_t *ids, const uint8_t *mask, int B, int T,
+                           int V, int count) {
     memset(dlogits, 0, (size_t)B * T * V * sizeof(float));
     /* per-row losses summed in a fixed order afterwards for determinism */
     double *row_loss = malloc((size_t)B * T * sizeof *row_loss);
@@ -92,7 +99,7 @@ static double ce_loss_grad(const float *logits, float *dlogits, const int32_t *i
     for (int n = 0; n < B * T; n++) {
         int t = n % T;
         row_loss[n] = 0;
-        if (t == T - 1) continue;
+        if (t == T - 1 || (mask && !mask[n])) continue;
         const float *row = logits + (size_t)n * V;
         float *g = dlogits + (size_t)n * V;
         float mx = row[0];
@@ -109,15 +116,23 @@ static double ce_loss_grad(const float *logits, float *dlogits, const int32_t *i
         for (int v = 0; v < V; v++) g[v] *= scale;
         g[target] -= 1.0f / (float)count;
     }
+    double total = 0;
     for (int n = 0; n < B * T; n++) total += row_loss[n];
     free(row_loss);
     return total / count;
 }
 
 int lt_trainer_step(lt_trainer *t, const int32_t *ids, int B, int T, float lr, double *loss, double *grad_norm) {
+    return lt_trainer_step_masked(t, ids, NULL, B, T, lr, loss, grad_norm);
+}
+
+int lt_trainer_step_masked(lt_trainer *t, const int32_t *ids, const uint8_t *mask, int B, int T, float lr, double *loss,
+                           double *grad_norm) {
     lt_model *m = t->m;
     int V = m->cfg.d_vocab;
     if (T < 2) return lt_fail("training needs sequences of at least two tokens");
+    int count = loss_count(mask, B, T);
+    if (count == 0) return lt_fail("training: the loss mask selects no position (a row's last position never counts)");
     size_t need = (size_t)B * T * V;
     if (need > t->dlogits_cap) {
         lt_free(t->dlogits);
@@ -127,7 +142,7 @@ int lt_trainer_step(lt_trainer *t, const int32_t *ids, int B, int T, float lr, d
     }
     float *logits;
     if (lt_forward(t->r, ids, B, T, &logits)) return LT_ERR;
-    double l = ce_loss_grad(logits, t->dlogits, ids, B, T, V);
+    double l = ce_loss_grad(logits, t->dlogits, ids, mask, B, T, V, count);
     if (l != l) return lt_fail("training: loss is not a number (diverged?)");
     lt_backward_opts bo = {0, -1, -1, -1, -1, -1, 1};
     lt_run_zero_param_grads(t->r);

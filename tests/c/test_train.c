@@ -1,6 +1,7 @@
 /*
  * test_train.c: the AdamW step against a hand computation, the learning
- * rate schedule, overfitting one fixed batch, and bit-reproducibility.
+ * rate schedule, overfitting one fixed batch, bit-reproducibility, and
+ * the loss mask of lt_trainer_step_masked.
  */
 #include "check.h"
 
@@ -58,7 +59,90 @@ static double train(int steps, double *first, float *out, size_t n) {
     return loss;
 }
 
+/* The masked step: its loss is the mean cross-entropy over the masked
+ * positions (computed here from a forward pass in double); an all-ones mask
+ * is the unmasked step bit for bit; an empty mask fails and changes nothing. */
+static void check_mask(void) {
+    enum { B = 2, T = 6, V = 23 };
+    lt_model *m[2];
+    lt_trainer *t[2];
+    lt_adamw_opts o = {.beta1 = 0.9f, .beta2 = 0.95f, .eps = 1e-8f, .weight_decay = 0.01f, .grad_clip = 1.0f};
+    for (int i = 0; i < 2; i++) {
+        if (lt_model_random(&tiny, 5, &m[i]) || lt_trainer_new(m[i], &o, &t[i])) {
+            CHECK(0, "setup: %s", lt_last_error());
+            return;
+        }
+    }
+    int32_t ids[B * T];
+    for (int i = 0; i < B * T; i++) ids[i] = (int32_t)((i * 5 + 3) % V);
+    uint8_t mask[B * T] = {0, 0, 1, 1, 0, 1, /* row 2 */ 1, 0, 0, 0, 1, 1};   /* last of each row never counts */
+
+    /* the expected loss, from the model before the step */
+    lt_run *r;
+    float *logits;
+    double want = 0;
+    int count = 0;
+    if (lt_run_new(m[0], &r) || lt_forward(r, ids, B, T, &logits)) {
+        CHECK(0, "forward: %s", lt_last_error());
+        return;
+    }
+    for (int n = 0; n < B * T; n++) {
+        if (!mask[n] || n % T == T - 1) continue;
+        const float *row = logits + (size_t)n * V;
+        double mx = row[0], sum = 0;
+        for (int v = 1; v < V; v++) if (row[v] > mx) mx = row[v];
+        for (int v = 0; v < V; v++) sum += exp(row[v] - mx);
+        want += mx + log(sum) - row[ids[n + 1]];
+        count++;
+    }
+    want /= count;
+    lt_run_free(r);
+
+    double loss, norm;
+    CHECK(lt_trainer_step_masked(t[0], ids, mask, B, T, 1e-2f, &loss, &norm) == LT_OK, "masked step: %s", lt_last_error());
+    CHECK(fabs(loss - want) < 1e-5, "masked loss %.7f, by hand %.7f over %d positions", loss, want, count);
+
+    /* all ones (the last position's byte set too) = no mask */
+    lt_model *a, *b;
+    lt_trainer *ta, *tb;
+    uint8_t ones[B * T], zeros[B * T];
+    memset(ones, 1, sizeof ones);
+    memset(zeros, 0, sizeof zeros);
+    zeros[T - 1] = 1;    /* a row's last position cannot make the mask non-empty */
+    if (lt_model_random(&tiny, 6, &a) || lt_model_random(&tiny, 6, &b) || lt_trainer_new(a, &o, &ta) ||
+        lt_trainer_new(b, &o, &tb)) {
+        CHECK(0, "setup: %s", lt_last_error());
+        return;
+    }
+    double la, lb;
+    CHECK(lt_trainer_step(ta, ids, B, T, 1e-2f, &la, &norm) == LT_OK, "step: %s", lt_last_error());
+    CHECK(lt_trainer_step_masked(tb, ids, ones, B, T, 1e-2f, &lb, &norm) == LT_OK, "step: %s", lt_last_error());
+    lt_view va, vb;
+    lt_model_param(a, "wte.weight", &va);
+    lt_model_param(b, "wte.weight", &vb);
+    CHECK(la == lb && memcmp(va.data, vb.data, (size_t)V * 16 * sizeof(float)) == 0,
+          "an all-ones mask is the unmasked step (loss %.7f vs %.7f)", la, lb);
+
+    /* empty: an error, and the model and the step count are unchanged */
+    float *before = lt_alloc((size_t)V * 16);
+    memcpy(before, vb.data, (size_t)V * 16 * sizeof(float));
+    CHECK(lt_trainer_step_masked(tb, ids, zeros, B, T, 1e-2f, &lb, &norm) == LT_ERR, "an empty mask fails");
+    CHECK(strstr(lt_last_error(), "mask") != NULL, "the error names the mask: %s", lt_last_error());
+    CHECK(memcmp(before, vb.data, (size_t)V * 16 * sizeof(float)) == 0 && lt_trainer_steps(tb) == 1,
+          "a failed step changes nothing");
+    lt_free(before);
+    for (int i = 0; i < 2; i++) {
+        lt_trainer_free(t[i]);
+        lt_model_free(m[i]);
+    }
+    lt_trainer_free(ta);
+    lt_trainer_free(tb);
+    lt_model_free(a);
+    lt_model_free(b);
+}
+
 int main(void) {
+    check_mask();
     check_adamw();
     double first;
     double last = train(150, &first, NULL, 0);

@@ -245,6 +245,8 @@ function tests.notebooks_run()
     {args = {"notebooks/corpus.lua", out, "test"}, expect = {"test documents", out}},
     {args = {"notebooks/induction_formation.lua", "--vocab", "64", "--d_model", "16", "--layers", "1", "--rows", "2",
       "--steps", "2", "--every", "1"}, expect = {"d_vocab 64", "step     2  loss "}},
+    {args = {"notebooks/induction_formation.lua", "--vocab", "64", "--d_model", "16", "--layers", "1", "--rows", "2",
+      "--steps", "1", "--mask", "1", "--lnf", "4"}, expect = {"ln_final gain 4", "loss on repeated ids only", "step     1  loss "}},
   }
   for _, run in ipairs(runs) do
     local file = run.args[1]

@@ -38,6 +38,28 @@ function T.train_save_reload()
   os.execute("rm -rf '" .. dir .. "'")
 end
 
+-- A masked step's loss is that of the counted positions only: a row whose
+-- mask keeps just its first prediction reports that prediction's loss.
+function T.loss_mask()
+  local cfg = {n_layer = 1, n_head = 2, n_embd = 16, n_ctx = 16, d_vocab = 29}
+  local m = lt.random_model(cfg, 7)
+  local row = {3, 14, 27, 5, 9}
+  local logits = m:forward(row)                 -- [T, V], before the step
+  local mx, sum = -math.huge, 0
+  for v = 0, cfg.d_vocab - 1 do mx = math.max(mx, logits:get(0, v)) end
+  for v = 0, cfg.d_vocab - 1 do sum = sum + math.exp(logits:get(0, v) - mx) end
+  local want = mx + math.log(sum) - logits:get(0, 14)
+  local tr = lt.train.trainer(m)
+  local loss = tr:step({row}, 1e-3, {{true, false, false, false, false}})
+  check.near(loss, want, 1e-5, "masked loss = -log p(second token | first)")
+  check.raises(function() tr:step({row}, 1e-3, {{false, false, false, false, true}}) end, "selects no position",
+    "an empty mask (the last position never counts)")
+  check.raises(function() tr:step({row}, 1e-3, {{true, true}}) end, "mask row 1 has 2 entries", "mask row length")
+  check.raises(function() tr:step({row, row}, 1e-3, {{true, true, true, true, true}}) end, "the mask has 1 rows",
+    "mask row count")
+  check.eq(tr:steps(), 1, "failed steps do not count")
+end
+
 function T.errors()
   local m = lt.random_model({n_layer = 1, n_head = 1, n_embd = 8, n_ctx = 8, d_vocab = 5}, 1)
   local tr = lt.train.trainer(m)
