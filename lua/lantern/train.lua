@@ -32,18 +32,18 @@ end
 -- sequence.
 function Trainer:step(batch, lr, mask)
   local ids, B, T = self.model:input(batch)
-  local m = nil
+  local counted = nil
   if mask ~= nil then
     local rows = type(mask[1]) == "table" and mask or {mask}
     if #rows ~= B then error(string.format("train step: the mask has %d rows, the batch %d", #rows, B), 2) end
-    m = ffi.new("uint8_t[?]", B * T)
+    counted = ffi.new("uint8_t[?]", B * T)
     for b = 1, B do
       if #rows[b] ~= T then error(string.format("train step: mask row %d has %d entries, the batch rows %d tokens", b, #rows[b], T), 2) end
-      for t = 1, T do m[(b - 1) * T + t - 1] = rows[b][t] and 1 or 0 end
+      for t = 1, T do counted[(b - 1) * T + t - 1] = rows[b][t] and 1 or 0 end
     end
   end
   local loss, norm = ffi.new("double[1]"), ffi.new("double[1]")
-  F.check(C.lt_trainer_step_masked(self.ptr, ids, m, B, T, lr, loss, norm), "train step")
+  F.check(C.lt_trainer_step_masked(self.ptr, ids, counted, B, T, lr, loss, norm), "train step")
   return loss[0], norm[0]
 end
 
