@@ -43,10 +43,7 @@ assert(lo and hi and lo >= 1 and hi >= lo, "--len must be N or LO-HI")
 
 local m = lt.random_model({ n_layer = o.layers, n_head = o.heads, n_embd = o.d_model, d_mlp = 4 * o.d_model,
   n_ctx = o.n_ctx, d_vocab = o.vocab }, o.seed)
-do
-  local gain = m:param("ln_f.weight")
-  for i = 0, o.d_model - 1 do gain.data[i] = o.lnf end
-end
+m:param("ln_f.weight"):fill_(o.lnf)
 local tr = lt.train.trainer(m, { weight_decay = 0.1, grad_clip = 1.0, beta1 = 0.9, beta2 = 0.95 })
 local r = lt.datasets.rng(o.seed, "notebooks/induction_formation")
 local pool = {}

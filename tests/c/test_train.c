@@ -117,18 +117,19 @@ static void check_mask(void) {
     double la, lb;
     CHECK(lt_trainer_step(ta, ids, B, T, 1e-2f, &la, &norm) == LT_OK, "step: %s", lt_last_error());
     CHECK(lt_trainer_step_masked(tb, ids, ones, B, T, 1e-2f, &lb, &norm) == LT_OK, "step: %s", lt_last_error());
+    size_t n_wte = (size_t)V * tiny.n_embd;
     lt_view va, vb;
     lt_model_param(a, "wte.weight", &va);
     lt_model_param(b, "wte.weight", &vb);
-    CHECK(la == lb && memcmp(va.data, vb.data, (size_t)V * 16 * sizeof(float)) == 0,
+    CHECK(la == lb && memcmp(va.data, vb.data, n_wte * sizeof(float)) == 0,
           "an all-ones mask is the unmasked step (loss %.7f vs %.7f)", la, lb);
 
     /* empty: an error, and the model and the step count are unchanged */
-    float *before = lt_alloc((size_t)V * 16);
-    memcpy(before, vb.data, (size_t)V * 16 * sizeof(float));
+    float *before = lt_alloc(n_wte);
+    memcpy(before, vb.data, n_wte * sizeof(float));
     CHECK(lt_trainer_step_masked(tb, ids, zeros, B, T, 1e-2f, &lb, &norm) == LT_ERR, "an empty mask fails");
     CHECK(strstr(lt_last_error(), "mask") != NULL, "the error names the mask: %s", lt_last_error());
-    CHECK(memcmp(before, vb.data, (size_t)V * 16 * sizeof(float)) == 0 && lt_trainer_steps(tb) == 1,
+    CHECK(memcmp(before, vb.data, n_wte * sizeof(float)) == 0 && lt_trainer_steps(tb) == 1,
           "a failed step changes nothing");
     lt_free(before);
     for (int i = 0; i < 2; i++) {
