@@ -12,6 +12,12 @@
 local lt = require("lantern")
 local ind = require("lantern.recipes.induction")
 
+local function ind_names(list)
+  local out = {}
+  for i, h in ipairs(list) do out[i] = h.name end
+  return table.concat(out, ", ")
+end
+
 local dir = arg and arg[1] or (lt.root .. "/store/models/toy")
 local m = lt.load(dir)
 print(m)
@@ -45,39 +51,38 @@ for i = 1, 6 do print(string.format("   %-6s %.3f", scores[i].name, scores[i].sc
 
 -- 3. Previous-token heads ------------------------------------------------------
 -- The other half of the circuit: mean attention from each position to the
--- one just before it, in layers before the best induction head.
+-- one just before it. It must sit in a layer before the induction heads,
+-- whose keys read what it writes.
 local best = scores[1]
-local names = {}
-for l = 0, m.cfg.n_layer - 1 do names[#names + 1] = string.format("blocks.%d.attn.hook_pattern", l) end
-local _, cache = m:run_with_cache(set.rows, { names = names })
-print(string.format("\n3. previous-token score (attention to position - 1) in layers before %s:", best.name))
-local T, H = set.T, m.cfg.n_head
-for l = 0, best.layer - 1 do
-  local p = cache[names[l + 1]].data
-  local line = {}
-  for h = 0, H - 1 do
-    local s, n = 0, 0
-    for b = 0, #set.rows - 1 do
-      for q = 1, T - 1 do s = s + p[((b * H + h) * T + q) * T + q - 1]; n = n + 1 end
-    end
-    line[#line + 1] = string.format("H%d %.2f", h, s / n)
-  end
-  print(string.format("   layer %d: %s", l, table.concat(line, "  ")))
-end
+local prev = ind.previous_token_scores(m, set)
+local before = {}
+for _, s in ipairs(prev) do if s.layer < best.layer then before[#before + 1] = s end end
+print(string.format("\n3. previous-token score (attention to position - 1), heads in layers before %s, highest first:", best.name))
+for i = 1, math.min(4, #before) do print(string.format("   %-6s %.3f", before[i].name, before[i].score)) end
 
 -- 4. Are they necessary? --------------------------------------------------------
 -- Mean-ablate the induction heads (their output replaced by its mean over
 -- the sequences, position by position) and measure copying again; then the
--- same number of other heads for comparison.
+-- previous-token heads alone (the circuit's first half: without them the
+-- induction heads' keys have nothing to match); then, for comparison, as
+-- many heads as there are induction heads, the lowest-scoring ones outside
+-- both halves of the circuit.
 local heads = ind.heads(scores, 0.4)
 if #heads == 0 then heads = { scores[1] } end
-local hn = {}
-for i, h in ipairs(heads) do hn[i] = h.name end
-print(string.format("\n4. mean-ablating %s: accuracy %.1f%% -> %.1f%%", table.concat(hn, ", "), 100 * acc,
+local prev_heads = ind.heads(before, 0.4)
+local in_circuit = {}
+for _, h in ipairs(heads) do in_circuit[h.name] = true end
+for _, h in ipairs(prev_heads) do in_circuit[h.name] = true end
+print(string.format("\n4. mean-ablating %s: accuracy %.1f%% -> %.1f%%", ind_names(heads), 100 * acc,
   100 * ind.ablate(m, set, heads)))
+if #prev_heads > 0 then
+  print(string.format("   mean-ablating the previous-token heads (%s) alone: accuracy %.1f%%", ind_names(prev_heads),
+    100 * ind.ablate(m, set, prev_heads)))
+end
 local others = {}
-for i = #scores, #scores - #heads + 1, -1 do others[#others + 1] = scores[i] end
-local on = {}
-for i, h in ipairs(others) do on[i] = h.name end
-print(string.format("   mean-ablating the %d lowest-scoring heads instead (%s): accuracy %.1f%%", #others,
-  table.concat(on, ", "), 100 * ind.ablate(m, set, others)))
+for i = #scores, 1, -1 do
+  if #others == #heads then break end
+  if not in_circuit[scores[i].name] then others[#others + 1] = scores[i] end
+end
+print(string.format("   mean-ablating %d heads outside the circuit instead (%s): accuracy %.1f%%", #others,
+  ind_names(others), 100 * ind.ablate(m, set, others)))

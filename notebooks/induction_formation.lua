@@ -6,9 +6,12 @@
 -- Trains a fresh GPT-2-architecture model on repeated random token ids only
 -- and, every `every` steps, prints the training loss, the top-1 accuracy
 -- on the second copy of 100 random 20-id sequences repeated once (the
--- `eval toy` test), and the best induction score of any head. This is the
--- harness behind the induction probes in docs/toy.md: why the default
--- model has no induction heads, and what would change that.
+-- `eval toy` test) and on the same sequences after 16 random ids, the best
+-- induction score of any head and the best previous-token score. Copying
+-- by absolute position (docs/toy.md) does well on the first test only and
+-- needs no previous-token head; an induction circuit does well on both.
+-- This is the harness behind the induction probes in docs/toy.md: why the
+-- default model has no induction heads, and what would change that.
 --
 -- Options (defaults: the default model's shape, 3 data copies with gaps):
 --   vocab 2048   d_vocab of the model; ids are drawn from all but the last
@@ -49,6 +52,7 @@ local r = lt.datasets.rng(o.seed, "notebooks/induction_formation")
 local pool = {}
 for i = 1, o.vocab - 1 do pool[i] = i - 1 end
 local test = ind.prepare(m, { n = 100, seq_len = 20, seed = 7 })
+local shifted = ind.prepare(m, { n = 100, seq_len = 20, seed = 7, random_prefix = 16 })
 
 -- One step's rows, all of the same length so that they form a batch, and
 -- for each row which predictions are of a repeated id (a copy after the first).
@@ -85,9 +89,9 @@ for step = 0, o.steps - 1 do
   local loss = tr:step(rows, lt.train.lr(step, sched), o.mask ~= 0 and repeated or nil)
   sum, n = sum + loss, n + 1
   if (step + 1) % o.every == 0 or step + 1 == o.steps then
-    local best = ind.scores(m, test)[1]
-    print(string.format("step %5d  loss %.3f  induction accuracy %5.1f%%  best head %s %.3f",
-      step + 1, sum / n, 100 * ind.accuracy(m, test), best.name, best.score))
+    local best, prev = ind.scores(m, test)[1], ind.previous_token_scores(m, test)[1]
+    print(string.format("step %5d  loss %.3f  induction accuracy %5.1f%% (after 16 ids %5.1f%%)  best head %s %.3f  previous token %s %.2f",
+      step + 1, sum / n, 100 * ind.accuracy(m, test), 100 * ind.accuracy(m, shifted), best.name, best.score, prev.name, prev.score))
     io.stdout:flush()
     sum, n = 0, 0
   end

@@ -241,10 +241,10 @@ function tests.notebooks_run()
   local out = os.tmpname()
   local runs = {
     {args = {"notebooks/ioi.lua"}, expect = {"1. 300 test prompts: IO above S on", "5. mean-ablating"}},
-    {args = {"notebooks/induction.lua"}, expect = {"1. 100 sequences of 20 random token ids", "4. mean-ablating"}},
+    {args = {"notebooks/induction.lua"}, expect = {"1. 100 sequences of 20 random token ids", "3. previous-token score", "4. mean-ablating", "heads outside the circuit"}},
     {args = {"notebooks/corpus.lua", out, "test"}, expect = {"test documents", out}},
     {args = {"notebooks/induction_formation.lua", "--vocab", "64", "--d_model", "16", "--layers", "1", "--rows", "2",
-      "--steps", "2", "--every", "1"}, expect = {"d_vocab 64", "step     2  loss "}},
+      "--steps", "2", "--every", "1"}, expect = {"d_vocab 64", "step     2  loss ", "(after 16 ids ", "previous token L0/H"}},
     {args = {"notebooks/induction_formation.lua", "--vocab", "64", "--d_model", "16", "--layers", "1", "--rows", "2",
       "--steps", "1", "--mask", "1", "--lnf", "4"}, expect = {"ln_final gain 4", "loss on repeated ids only", "step     1  loss "}},
   }

@@ -191,6 +191,21 @@ function tests.induction_ids()
       check.eq(ex.ids[i + 4], ex.ids[i], "copy")
     end
   end
+  -- random ids before the sequences: from their own stream, so the
+  -- sequences themselves are unchanged
+  local q = D.induction{ n = 50, seq_len = 20, vocab = 1000, seed = 3, random_prefix = 7 }
+  local prefixes = {}
+  for k, ex in ipairs(q) do
+    check.eq(#ex.ids, 47, "7 random ids + 2 * 20")
+    check.eq(ex.start, 27, "start counts the random ids")
+    for i = 1, 40 do check.eq(ex.ids[7 + i], a[k].ids[i], "same sequence as without the random ids") end
+    for i = 1, 7 do check.truthy(ex.ids[i] >= 0 and ex.ids[i] < 1000, "random id in range") end
+    prefixes[table.concat({ unpack(ex.ids, 1, 7) }, ",")] = true
+  end
+  local distinct = 0
+  for _ in pairs(prefixes) do distinct = distinct + 1 end
+  check.truthy(distinct > 45, "the random ids differ between sequences")
+  check.raises(function() D.induction{ n = 1, vocab = 10, random_prefix = -1 } end, "random_prefix must be")
   check.raises(function() D.induction{ n = 1 } end, "vocab must be")
 end
 

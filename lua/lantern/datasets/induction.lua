@@ -70,7 +70,11 @@ end
 -- allowed ids; tok.vocab_size - 1 leaves out a final <|endoftext|>), seed
 -- (default 0), split ("train" or "test"), distinct (default true: no id
 -- repeats inside the random part), prefix (optional array of ids put
--- before each sequence, e.g. {eot}).
+-- before each sequence, e.g. {eot}), random_prefix (optional count of
+-- random ids from the pool put before each sequence, after prefix; drawn
+-- from a stream of their own, so the sequences are those drawn without
+-- them. Copying that works by absolute position rather than by content
+-- fails on such sequences; an induction head does not).
 -- Returns an array of n examples {ids = {...}, seq_len = L, start = s}:
 -- ids holds the prefix, L random ids, then the same L ids; start is the
 -- 0-based position of the first id of the second copy. Ids are 0-based
@@ -93,13 +97,17 @@ function M.induction(opts)
     error("induction: vocab must be a vocabulary size or an array of at least 2 ids", 2)
   end
   local prefix = opts.prefix or {}
+  local n_random = opts.random_prefix or 0
+  check_count(n_random, "induction: random_prefix", 0)
   local distinct = opts.distinct ~= false
   local r = R.new(opts.seed or 0, "induction/ids/" .. split)
+  local r_prefix = R.new(opts.seed or 0, "induction/prefix/" .. split)
   local out = {}
   for k = 1, n do
     local seq = draw(r, pool, seq_len, distinct)
     local ids = {}
     for i = 1, #prefix do ids[#ids + 1] = prefix[i] end
+    for _ = 1, n_random do ids[#ids + 1] = r_prefix:pick(pool) end
     local start = #ids + seq_len
     for rep = 1, 2 do
       for i = 1, seq_len do ids[#ids + 1] = seq[i] end

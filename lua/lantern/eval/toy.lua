@@ -12,6 +12,7 @@ Evaluates the default model (store/models/toy, or DIR) on:
   IOI          accuracy (logit of IO above S) and mean logit difference on
                N (default 1000) test prompts: held-out templates and name pairs
   induction    top-1 accuracy on the second copy of random 20-token sequences
+               (and, without a threshold, on the same after 16 random ids)
   text         perplexity on the held-out split of the fortunes corpus
   mechanisms   mean-ablating the 3 heads with the largest summed |estimated
                total effect| on IOI vs 3 random other heads (20 draws);
@@ -26,6 +27,7 @@ M.THRESHOLDS = {
 }
 
 local IOI_SEED, INDUCTION_SEED = 1, 1
+local PREFIXED_IDS = 16     -- random ids before the sequences of the second induction test
 
 -- Perplexity on the test split of the natural text: documents joined by
 -- <|endoftext|>, cut into rows of n_ctx tokens. Returns perplexity per
@@ -83,6 +85,11 @@ function M.evaluate(m, opts)
   say("induction")
   local iset = ind.prepare(m, { n = opts.induction_n or 200, seq_len = 20, seed = INDUCTION_SEED })
   r.induction = { accuracy = ind.accuracy(m, iset) }
+  -- the same sequences after random ids: copying by absolute position
+  -- (docs/toy.md, "a shortcut to beware of") does well only from position 0
+  r.induction.prefix = PREFIXED_IDS
+  r.induction.prefixed_accuracy = ind.accuracy(m, ind.prepare(m, { n = opts.induction_n or 200, seq_len = 20,
+    seed = INDUCTION_SEED, random_prefix = PREFIXED_IDS }))
   r.induction.scores = ind.scores(m, iset)
   r.induction.heads, r.induction.which = ind.heads(r.induction.scores, 0.4), "score >= 0.4"
   if #r.induction.heads == 0 then
@@ -117,6 +124,8 @@ function M.report(r, out)
   line(r.induction.accuracy >= th.induction_accuracy,
     "induction top-1 accuracy, second copy of random 20-token sequences: %.1f%% (>= %.0f%%)",
     100 * r.induction.accuracy, 100 * th.induction_accuracy)
+  line(nil, "the same sequences after %d random ids: %.1f%% (no threshold; copying by position, not content, falls here)",
+    r.induction.prefix, 100 * r.induction.prefixed_accuracy)
   line(nil, "perplexity on held-out fortunes text: %.2f per token (%d tokens; %.3f bits per byte)",
     r.text.perplexity, r.text.tokens, r.text.bits_per_byte)
 

@@ -4,6 +4,7 @@
 --   local set = ind.prepare(m, {n = 200, seq_len = 20, seed = 1})
 --   ind.accuracy(m, set)           -- top-1 accuracy on the second copy
 --   ind.scores(m, set)             -- induction score of every head, best first
+--   ind.previous_token_scores(m, set) -- attention to the previous token, best first
 --   ind.ablate(m, set, heads)      -- accuracy with those heads mean-ablated
 --
 -- Data: lt.datasets.induction, random token ids (no id repeats inside the
@@ -20,11 +21,13 @@ local M = {}
 
 -- opts: n (200), seq_len (20), seed (0), split ("test"), vocab (ids to draw
 -- from; default every id but the last, <|endoftext|> in GPT-2 vocabularies),
--- prefix (optional ids before each sequence).
+-- prefix (optional ids before each sequence), random_prefix (optional
+-- count of random ids before each sequence; the same sequences otherwise).
 function M.prepare(m, opts)
   opts = opts or {}
   local ex = lt.datasets.induction{ n = opts.n or 200, seq_len = opts.seq_len or 20, seed = opts.seed or 0,
-    split = opts.split or "test", vocab = opts.vocab or (m.cfg.d_vocab - 1), prefix = opts.prefix }
+    split = opts.split or "test", vocab = opts.vocab or (m.cfg.d_vocab - 1), prefix = opts.prefix,
+    random_prefix = opts.random_prefix }
   local rows = {}
   for i, e in ipairs(ex) do rows[i] = e.ids end
   return { rows = rows, L = ex[1].seq_len, start = ex[1].start, T = #rows[1] }
@@ -52,10 +55,11 @@ function M.accuracy(m, set, hooks)
   return accuracy_of(m, set, logits)
 end
 
--- Induction score of every head: array of {layer, head, name, score},
--- highest first.
-function M.scores(m, set)
-  local NL, H, T, L = m.cfg.n_layer, m.cfg.n_head, set.T, set.L
+-- Every head's mean attention from query q to key q + offset, over the
+-- queries first .. last (0-based) of every row: array of {layer, head,
+-- name, score}, highest first.
+local function diagonal_scores(m, set, offset, first, last)
+  local NL, H, T = m.cfg.n_layer, m.cfg.n_head, set.T
   local names = {}
   for l = 0, NL - 1 do names[#names + 1] = string.format("blocks.%d.attn.hook_pattern", l) end
   local _, cache = m:run_with_cache(set.rows, { names = names })
@@ -65,8 +69,8 @@ function M.scores(m, set)
     for h = 0, H - 1 do
       local s, n = 0, 0
       for b = 0, #set.rows - 1 do
-        for q = set.start, set.start + L - 1 do
-          s = s + p[((b * H + h) * T + q) * T + q - L + 1]
+        for q = first, last do
+          s = s + p[((b * H + h) * T + q) * T + q + offset]
           n = n + 1
         end
       end
@@ -78,6 +82,19 @@ function M.scores(m, set)
     return a.layer * 1000 + a.head < b.layer * 1000 + b.head
   end)
   return out
+end
+
+-- Induction score of every head: array of {layer, head, name, score},
+-- highest first.
+function M.scores(m, set)
+  return diagonal_scores(m, set, 1 - set.L, set.start, set.start + set.L - 1)
+end
+
+-- Previous-token score of every head (mean attention from each position
+-- to the one before, over the whole row), highest first: the first half of
+-- the two-layer induction circuit.
+function M.previous_token_scores(m, set)
+  return diagonal_scores(m, set, -1, 1, set.T - 1)
 end
 
 -- Accuracy with heads ({{layer, head}} or score rows) mean-ablated: each

@@ -11,39 +11,64 @@
 -- lt.datasets (IOI sentences, repeated random words, repeated stretches of
 -- natural text, fortunes), then batches of one kind each (M.batches):
 -- single IOI sentences, repeated random-id sequences (the text alone cannot
--- teach induction on arbitrary ids) and natural text. IOI sentences and id
--- sequences sit alone in their rows, with no token before them, as the
--- evaluation prompts are read.
+-- teach induction on arbitrary ids) and natural text. IOI sentences sit
+-- alone in their rows, with no token before them, as the evaluation prompts
+-- are read.
+--
+-- Two phases (docs/toy.md, "The recipe"): the first M.train.induction.steps
+-- steps are id batches only, at a low learning rate, which is where the
+-- induction circuit forms (a previous-token head in layer 0, induction
+-- heads in layer 1); then the mixture, in which the circuit is kept and IOI
+-- forms on top of it. Eight heads per layer rather than four: with four,
+-- the circuit took every layer-1 head and IOI came out weaker and spread
+-- over heads (docs/toy.md).
 local ffi = require("ffi")
 
 local M = {}
 
 M.name = "toy"
-M.seed = 20240501           -- model init, data order and every dataset stream
+M.seed = 5                  -- model init, data order and every dataset stream
 M.threads = 2               -- OMP_NUM_THREADS = OPENBLAS_NUM_THREADS = this
 
 -- GPT-2 architecture (tanh GELU, LayerNorm eps 1e-5, tied unembedding).
-M.model = { n_layer = 3, n_head = 4, n_embd = 128, d_mlp = 512, n_ctx = 128 }
-M.vocab_size = 2048
+M.model = { n_layer = 3, n_head = 8, n_embd = 128, d_mlp = 512, n_ctx = 128 }
+M.vocab_size = 1024
 
 M.data = {
   -- The tokenizer: a byte-level BPE trained on the first tokenizer_bytes
   -- of this text mixture (shares of bytes, lt.datasets.mixture).
   weights = { ioi = 0.45, induction = 0.10, ["repeat"] = 0.05, text = 0.40 },
   tokenizer_bytes = 4e6,
-  -- Training batches (M.batches): each step's kind is drawn with these
-  -- shares; rows per batch of each kind; random part of the id sequences.
-  steps = { ioi = 0.65, ids = 0.10, text = 0.25 },
+  -- Training batches (M.batches): after the induction phase, each step's
+  -- kind is drawn with these shares; rows per batch of each kind; the id
+  -- rows: ids_copies copies of a random part of ids_len ids, with 0..ids_gap
+  -- random ids before and between them.
+  steps = { ioi = 0.51, ids = 0.30, text = 0.19 },
   batch = { ioi = 32, ids = 16, text = 8 },
-  ids_len = { 8, 30 },
+  ids_len = { 8, 25 }, ids_copies = 3, ids_gap = 8,
 }
 
 M.train = {
-  seq_len = 128, steps = 6600,
-  max_lr = 3e-3, min_lr = 3e-4, warmup = 100,
+  seq_len = 128, steps = 4800,
+  -- Phase 1, induction: the first `steps` steps are id batches only, at a
+  -- learning rate that warms up to max_lr and decays along a cosine meant
+  -- for `schedule` steps (cut where the phase ends). Phase 2, the mixture:
+  -- warmup again, to max_lr, cosine to min_lr at the last step.
+  induction = { steps = 800, rows = 32, max_lr = 1e-3, min_lr = 1e-4, schedule = 2000 },
+  max_lr = 2e-3, min_lr = 2e-4, warmup = 100,
   weight_decay = 0.1, grad_clip = 1.0, beta1 = 0.9, beta2 = 0.95,
   log_every = 20, checkpoint_every = 250,
 }
+
+-- The learning rate of a step (0-based), over the two phases.
+function M.lr(step)
+  local lt = require("lantern")
+  local t, ind = M.train, M.train.induction
+  if step < ind.steps then
+    return lt.train.lr(step, { warmup = t.warmup, total = ind.schedule, max_lr = ind.max_lr, min_lr = ind.min_lr })
+  end
+  return lt.train.lr(step - ind.steps, { warmup = t.warmup, total = t.steps - ind.steps, max_lr = t.max_lr, min_lr = t.min_lr })
+end
 
 -- ---------------------------------------------------------------- threads
 
@@ -88,16 +113,23 @@ function M.tokenizer(dir)
 end
 
 -- A deterministic stream of training batches; next_batch() returns a list
--- of equal-length id rows. Each batch holds one kind of data (M.data.steps
--- gives each kind's share of the steps, drawn per step from the seed):
+-- of equal-length id rows, the batch's kind and, for the ids kind, the loss
+-- mask (Trainer:step's). The first M.train.induction.steps batches are ids
+-- batches of M.train.induction.rows rows; after them each batch holds one
+-- kind of data (M.data.steps gives each kind's share of the steps, drawn
+-- per step from the seed):
 --   ioi   B.ioi single IOI sentences (prompt, answer, full stop) of the
 --         same token length, one per row, nothing before or after them;
 --         varied (lt.datasets.ioi's vary: composed templates, adjectives,
 --         a sentence before some) so that the names do not sit at fixed
 --         positions of each template;
---   ids   B.ids repeated random-id sequences with the same random part
---         length L (drawn per batch from ids_len), one per row: L ids
---         then the same L ids again;
+--   ids   B.ids rows, each 0..ids_gap random ids, then ids_copies copies
+--         of a random part of L ids (L drawn per row from ids_len, no id
+--         twice in a part) with 0..ids_gap random ids between them, padded
+--         with <|endoftext|> to the longest row of the batch. The loss mask
+--         keeps only the predictions of ids in a later copy: the rest are
+--         unpredictable by construction, and their gradient (noise) kept
+--         induction from forming (docs/toy.md);
 --   text  B.text rows of seq_len tokens cut from the natural-text corpus
 --         (documents joined by <|endoftext|>).
 -- One document per row for the ioi and ids kinds because attention over
@@ -129,20 +161,36 @@ function M.batches(tok)
     end
   end
 
-  -- ids: random parts drawn from every id but <|endoftext|>, no repeats
-  -- inside a part (each position of the second copy has one answer)
+  -- ids: n rows as described above; ids from every id but <|endoftext|>,
+  -- no repeats inside a part (each position of a later copy has one answer)
   local pool = {}
   for i = 1, tok.vocab_size do if i - 1 ~= eot then pool[#pool + 1] = i - 1 end end
-  local function ids_batch()
-    local L = r_ids:int(M.data.ids_len[1], M.data.ids_len[2])
-    local rows = {}
-    for b = 1, B.ids do
+  local function ids_batch(n)
+    local gap, copies = M.data.ids_gap, M.data.ids_copies
+    local rows, repeated, Tb = {}, {}, 0
+    for b = 1, n do
+      local L = r_ids:int(M.data.ids_len[1], M.data.ids_len[2])
       local seq = r_ids:sample(pool, L)
-      local row = {}
-      for rep = 0, 1 do for i = 1, L do row[rep * L + i] = seq[i] end end
-      rows[b] = row
+      local row, rep = {}, {}
+      local function filler() for _ = 1, r_ids:int(0, gap) do row[#row + 1] = r_ids:pick(pool); rep[#row] = false end end
+      filler()
+      for c = 1, copies do
+        for i = 1, L do row[#row + 1] = seq[i]; rep[#row] = c > 1 end
+        if c < copies then filler() end
+      end
+      for i = #row, T + 1, -1 do row[i], rep[i] = nil, nil end
+      rows[b], repeated[b] = row, rep
+      Tb = math.max(Tb, #row)
     end
-    return rows
+    -- pad to the longest row; position t counts when it predicts a repeated id
+    local mask = {}
+    for b = 1, n do
+      local row, rep, counted = rows[b], repeated[b], {}
+      for t = #row + 1, Tb do row[t] = eot end
+      for t = 1, Tb do counted[t] = rep[t + 1] or false end
+      mask[b] = counted
+    end
+    return rows, mask
   end
 
   -- text: the train documents in a fresh shuffled order on every pass
@@ -168,11 +216,19 @@ function M.batches(tok)
     return rows
   end
 
-  local share = M.data.steps
+  local share, calls = M.data.steps, 0
   return function()
+    calls = calls + 1
+    if calls <= M.train.induction.steps then
+      local rows, mask = ids_batch(M.train.induction.rows)
+      return rows, "ids", mask
+    end
     local u = r:random()
     if u < share.ioi then return ioi_batch(), "ioi" end
-    if u < share.ioi + share.ids then return ids_batch(), "ids" end
+    if u < share.ioi + share.ids then
+      local rows, mask = ids_batch(B.ids)
+      return rows, "ids", mask
+    end
     return text_batch(), "text"
   end
 end
@@ -207,10 +263,11 @@ function M.describe()
     string.format("threads OMP_NUM_THREADS=%d OPENBLAS_NUM_THREADS=%d", M.threads, M.threads),
     string.format("model GPT-2: n_layer %d, n_head %d, n_embd %d, d_mlp %d, n_ctx %d, d_vocab %d (BPE trained on %d bytes of the mixture {%s})",
       m.n_layer, m.n_head, m.n_embd, m.d_mlp, m.n_ctx, M.vocab_size, d.tokenizer_bytes, table.concat(w, ", ")),
-    string.format("batches: ioi %.2f of steps (%d single sentences), ids %.2f (%d repeated id sequences, random part %d-%d), text %.2f (%d x %d tokens)",
-      d.steps.ioi, d.batch.ioi, d.steps.ids, d.batch.ids, d.ids_len[1], d.ids_len[2], d.steps.text, d.batch.text, t.seq_len),
-    string.format("train %d steps; AdamW lr %g warmup %d cosine to %g, betas %g %g, weight decay %g, grad clip %g",
-      t.steps, t.max_lr, t.warmup, t.min_lr, t.beta1, t.beta2, t.weight_decay, t.grad_clip),
+    string.format("phase 1, induction: %d steps of id batches only (%d rows: %d copies of %d-%d random ids, 0-%d random ids before and between, loss on the later copies), lr warmup %d to %g, cosine toward %g over %d steps",
+      t.induction.steps, t.induction.rows, d.ids_copies, d.ids_len[1], d.ids_len[2], d.ids_gap, t.warmup, t.induction.max_lr, t.induction.min_lr, t.induction.schedule),
+    string.format("phase 2, mixture: ioi %.2f of steps (%d single sentences), ids %.2f (%d rows), text %.2f (%d x %d tokens); lr warmup %d to %g, cosine to %g at step %d",
+      d.steps.ioi, d.batch.ioi, d.steps.ids, d.batch.ids, d.steps.text, d.batch.text, t.seq_len, t.warmup, t.max_lr, t.min_lr, t.steps),
+    string.format("AdamW betas %g %g, weight decay %g, grad clip %g", t.beta1, t.beta2, t.weight_decay, t.grad_clip),
   }, "\n")
 end
 
@@ -279,11 +336,10 @@ function M.run(opts)
   -- kind (a single batch's loss jumps with its kind).
   local t_train, last_loss, tokens = now(), nil, 0
   local sum, cnt = { ioi = 0, ids = 0, text = 0 }, { ioi = 0, ids = 0, text = 0 }
-  local sched = { warmup = tcfg.warmup, total = tcfg.steps, max_lr = tcfg.max_lr, min_lr = tcfg.min_lr }
   for step = start, steps - 1 do
-    local batch, kind = next_batch()
-    local lr = lt.train.lr(step, sched)
-    local loss, norm = tr:step(batch, lr)
+    local batch, kind, mask = next_batch()
+    local lr = M.lr(step)
+    local loss, norm = tr:step(batch, lr, mask)
     last_loss = loss
     tokens = tokens + #batch * #batch[1]
     sum[kind], cnt[kind] = sum[kind] + loss, cnt[kind] + 1
