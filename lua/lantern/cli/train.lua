@@ -11,7 +11,7 @@ tokens/s, time left) on stderr and writes DIR/train_log.txt.
 
   --out DIR    where the checkpoint goes (default store/models/toy)
   --steps N    stop after N steps (the schedule stays the recipe's)
-  --resume     continue from DIR.resume (written every 100 steps):
+  --resume     continue from DIR.resume (written every 250 steps):
                weights, optimizer state, step and data position
   --quiet      no progress line
 

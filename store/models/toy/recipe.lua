@@ -136,7 +136,9 @@ end
 -- packed unrelated documents drowns the in-context signal: with IOI
 -- sentences packed 3 to a row, name copying had not formed after 1,500
 -- steps; one sentence per row, it forms within ~1,000 (docs/toy.md).
-function M.batches(tok)
+-- opts.phase = 2 starts the stream at the mixture: the same kinds of batch
+-- but not the run's data (for estimates such as M.tokens_per_step).
+function M.batches(tok, opts)
   local lt = require("lantern")
   local D = lt.datasets
   local ioi_gen = require("lantern.datasets.ioi").generator({ seed = M.seed, split = "train", vary = true })
@@ -216,7 +218,8 @@ function M.batches(tok)
     return rows
   end
 
-  local share, calls = M.data.steps, 0
+  local share = M.data.steps
+  local calls = (opts and opts.phase == 2) and M.train.induction.steps or 0
   return function()
     calls = calls + 1
     if calls <= M.train.induction.steps then
@@ -231,6 +234,20 @@ function M.batches(tok)
     end
     return text_batch(), "text"
   end
+end
+
+-- Mean tokens per step of a phase (1 or 2) over n batches (default 50) of
+-- a stream of its own. A step's time is close to proportional to its
+-- tokens, so M.run's time-left estimate weighs the steps left by these:
+-- a phase-1 step holds about three times the tokens of a mixture step.
+function M.tokens_per_step(tok, phase, n)
+  n = n or 50
+  local next_batch, sum = M.batches(tok, { phase = phase }), 0
+  for _ = 1, n do
+    local rows = next_batch()
+    sum = sum + #rows * #rows[1]
+  end
+  return sum / n
 end
 
 -- The model at initialisation: GPT-2 init (lt_model_random) from the seed.
@@ -311,6 +328,12 @@ function M.run(opts)
 
   local next_batch = M.batches(tok)
   for _ = 1, start do next_batch() end   -- the data position of the resumed run
+  -- for the time left: the tokens still to train on, at the rate so far
+  local per_step = { M.tokens_per_step(tok, 1, 20), M.tokens_per_step(tok, 2) }
+  local function tokens_left(done)
+    local p1 = math.min(tcfg.induction.steps, steps)
+    return math.max(0, p1 - done) * per_step[1] + math.max(0, steps - math.max(done, p1)) * per_step[2]
+  end
   local prep = now() - t0
 
   local log
@@ -347,7 +370,7 @@ function M.run(opts)
     local el = now() - t_train
     if done % tcfg.log_every == 0 or done == steps then
       local rate = tokens / el
-      local left = (steps - done) * el / (done - start)
+      local left = tokens_left(done) / rate
       local by = {}
       for _, k in ipairs({ "ioi", "ids", "text" }) do
         by[#by + 1] = cnt[k] > 0 and string.format("%.3f", sum[k] / cnt[k]) or "-"
