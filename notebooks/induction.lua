@@ -11,12 +11,7 @@
 -- predict the second copy, which makes them the cleanest test.
 local lt = require("lantern")
 local ind = require("lantern.recipes.induction")
-
-local function ind_names(list)
-  local out = {}
-  for i, h in ipairs(list) do out[i] = h.name end
-  return table.concat(out, ", ")
-end
+local head_names = require("lantern.recipes.ioi").head_names   -- "L1/H3, L1/H5, ..."
 
 local dir = arg and arg[1] or (lt.root .. "/store/models/toy")
 local m = lt.load(dir)
@@ -73,10 +68,10 @@ local prev_heads = ind.heads(before, 0.4)
 local in_circuit = {}
 for _, h in ipairs(heads) do in_circuit[h.name] = true end
 for _, h in ipairs(prev_heads) do in_circuit[h.name] = true end
-print(string.format("\n4. mean-ablating %s: accuracy %.1f%% -> %.1f%%", ind_names(heads), 100 * acc,
+print(string.format("\n4. mean-ablating %s: accuracy %.1f%% -> %.1f%%", head_names(heads), 100 * acc,
   100 * ind.ablate(m, set, heads)))
 if #prev_heads > 0 then
-  print(string.format("   mean-ablating the previous-token heads (%s) alone: accuracy %.1f%%", ind_names(prev_heads),
+  print(string.format("   mean-ablating the previous-token heads (%s) alone: accuracy %.1f%%", head_names(prev_heads),
     100 * ind.ablate(m, set, prev_heads)))
 end
 local others = {}
@@ -85,4 +80,4 @@ for i = #scores, 1, -1 do
   if not in_circuit[scores[i].name] then others[#others + 1] = scores[i] end
 end
 print(string.format("   mean-ablating %d heads outside the circuit instead (%s): accuracy %.1f%%", #others,
-  ind_names(others), 100 * ind.ablate(m, set, others)))
+  head_names(others), 100 * ind.ablate(m, set, others)))

@@ -1,9 +1,9 @@
 -- The default model, store/models/toy: the committed checkpoint loads with
 -- the recipe's config, answers held-out IOI prompts, copies repeated
--- random ids and is a trained language model (held-out text far better than chance); the recipe's
--- first 20 steps
--- are bit-reproducible (on a small slice of its data) and resuming from
--- saved optimizer state continues identically. The heavy evaluation is
+-- random ids and is a trained language model (held-out text far better
+-- than chance); the recipe's first 20 steps are bit-reproducible (on a
+-- small slice of its data) and resuming from saved optimizer state
+-- continues identically. The heavy evaluation is
 -- `./scripts/lantern eval toy`, not a test.
 local recipe = require("lantern.recipes.toy")
 -- One thread: the trainer is deterministic for any fixed thread count, and

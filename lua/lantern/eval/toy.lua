@@ -83,12 +83,13 @@ function M.evaluate(m, opts)
   r.ablation = ioi.ablation_test(m, set, { top = 3, draws = opts.draws or 20, seed = 0, clean = r.ioi.mean_logit_diff })
 
   say("induction")
-  local iset = ind.prepare(m, { n = opts.induction_n or 200, seq_len = 20, seed = INDUCTION_SEED })
+  local n_ind = opts.induction_n or 200
+  local iset = ind.prepare(m, { n = n_ind, seq_len = 20, seed = INDUCTION_SEED })
   r.induction = { accuracy = ind.accuracy(m, iset) }
   -- the same sequences after random ids: copying by absolute position
   -- (docs/toy.md, "a shortcut to beware of") does well only from position 0
   r.induction.prefix = PREFIXED_IDS
-  r.induction.prefixed_accuracy = ind.accuracy(m, ind.prepare(m, { n = opts.induction_n or 200, seq_len = 20,
+  r.induction.prefixed_accuracy = ind.accuracy(m, ind.prepare(m, { n = n_ind, seq_len = 20,
     seed = INDUCTION_SEED, random_prefix = PREFIXED_IDS }))
   r.induction.scores = ind.scores(m, iset)
   r.induction.heads, r.induction.which = ind.heads(r.induction.scores, 0.4), "score >= 0.4"
